@@ -1,0 +1,144 @@
+package protocol
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// Version is the protocol version segment that follows the topic root.
+const Version = "v1"
+
+// DefaultRoot is the topic root used when none is configured.
+const DefaultRoot = "tether"
+
+// Kind names one of the topics of the protocol.
+type Kind string
+
+// The topics of protocol v1.
+const (
+	KindJob       Kind = "job"       // {root}/v1/jobs/{job}: job document, retained
+	KindJobStatus Kind = "jobstatus" // {root}/v1/jobs/{job}/status: retained
+	KindDesired   Kind = "desired"   // {root}/v1/devices/{device}/desired: retained
+	KindReported  Kind = "reported"  // {root}/v1/devices/{device}/reported: retained
+	KindPresence  Kind = "presence"  // {root}/v1/devices/{device}/presence: retained, last will
+	KindFacts     Kind = "facts"     // {root}/v1/devices/{device}/facts: retained
+	KindEvents    Kind = "events"    // {root}/v1/devices/{device}/events: not retained
+)
+
+var deviceKinds = map[string]Kind{
+	"desired":  KindDesired,
+	"reported": KindReported,
+	"presence": KindPresence,
+	"facts":    KindFacts,
+	"events":   KindEvents,
+}
+
+// idPattern is the shape of every identifier that ends up in a topic, a
+// container name or a label: no '/', '+', '#', whitespace or control
+// characters, so an identifier can never escape its topic level.
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+// ValidateID reports whether s may be used as a job, group, task or device
+// identifier.
+func ValidateID(s string) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	if !idPattern.MatchString(s) {
+		return fmt.Errorf("invalid identifier %q: want 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter or digit", s)
+	}
+	return nil
+}
+
+// Topics builds and parses the topics under one root. The zero value uses
+// DefaultRoot.
+type Topics struct {
+	Root string
+}
+
+// NewTopics returns the topic set under root; an empty root means DefaultRoot.
+// The root may hold several levels ("acme/prod") but no wildcards.
+func NewTopics(root string) (Topics, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	if strings.ContainsAny(root, "+#\x00") || strings.HasPrefix(root, "/") || strings.HasSuffix(root, "/") || strings.Contains(root, "//") || strings.HasPrefix(root, "$") {
+		return Topics{}, fmt.Errorf("topic root %q: want levels without wildcards, leading '$' or empty levels", root)
+	}
+	return Topics{Root: root}, nil
+}
+
+func (t Topics) base() string {
+	if t.Root == "" {
+		return DefaultRoot + "/" + Version
+	}
+	return t.Root + "/" + Version
+}
+
+// Job is the topic an operator publishes a job document to.
+func (t Topics) Job(job string) string { return t.base() + "/jobs/" + job }
+
+// JobStatus is the topic the planner publishes a job's status to.
+func (t Topics) JobStatus(job string) string { return t.base() + "/jobs/" + job + "/status" }
+
+// Device is the topic of the given kind for one device.
+func (t Topics) Device(device string, kind Kind) string {
+	return t.base() + "/devices/" + device + "/" + string(kind)
+}
+
+// Desired is the topic holding a device's desired state.
+func (t Topics) Desired(device string) string { return t.Device(device, KindDesired) }
+
+// Reported is the topic holding a device's observed state.
+func (t Topics) Reported(device string) string { return t.Device(device, KindReported) }
+
+// Presence is the topic holding a device's presence (birth and last will).
+func (t Topics) Presence(device string) string { return t.Device(device, KindPresence) }
+
+// Facts is the topic holding a device's facts.
+func (t Topics) Facts(device string) string { return t.Device(device, KindFacts) }
+
+// Events is the topic a device publishes task lifecycle events to.
+func (t Topics) Events(device string) string { return t.Device(device, KindEvents) }
+
+// JobsFilter matches every job document topic.
+func (t Topics) JobsFilter() string { return t.base() + "/jobs/+" }
+
+// JobStatusFilter matches every job status topic.
+func (t Topics) JobStatusFilter() string { return t.base() + "/jobs/+/status" }
+
+// DevicesFilter matches the given kind of topic for every device.
+func (t Topics) DevicesFilter(kind Kind) string { return t.base() + "/devices/+/" + string(kind) }
+
+// Parse splits a topic of this root into its kind and identifier (job or
+// device). It returns an error for topics outside the root, of unknown shape,
+// or whose identifier is invalid.
+func (t Topics) Parse(topic string) (Kind, string, error) {
+	prefix := t.base() + "/"
+	if !strings.HasPrefix(topic, prefix) {
+		return "", "", fmt.Errorf("topic %q: not under %q", topic, t.base())
+	}
+	parts := strings.Split(strings.TrimPrefix(topic, prefix), "/")
+	var kind Kind
+	switch {
+	case len(parts) == 2 && parts[0] == "jobs":
+		kind = KindJob
+	case len(parts) == 3 && parts[0] == "jobs" && parts[2] == "status":
+		kind = KindJobStatus
+	case len(parts) == 3 && parts[0] == "devices":
+		k, ok := deviceKinds[parts[2]]
+		if !ok {
+			return "", "", fmt.Errorf("topic %q: unknown device topic %q", topic, parts[2])
+		}
+		kind = k
+	default:
+		return "", "", fmt.Errorf("topic %q: unknown topic shape", topic)
+	}
+	if err := ValidateID(parts[1]); err != nil {
+		return "", "", fmt.Errorf("topic %q: %w", topic, err)
+	}
+	return kind, parts[1], nil
+}
+
+var allocPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
