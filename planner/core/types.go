@@ -53,10 +53,10 @@ type Plan struct {
 	// from it.
 	Allocations []Alloc
 	// The buckets say how Allocations differs from Snapshot.Allocations.
-	Place   []Alloc // new allocations
-	Update  []Alloc // same id and device, new job version (edged replaces changed tasks)
-	Stop    []Alloc // removed allocations (job stopped, count lowered, device no longer feasible)
-	Keep    []Alloc // unchanged
+	Place  []Alloc // new allocations
+	Update []Alloc // same id and device, new job version (edged replaces changed tasks)
+	Stop   []Alloc // removed allocations (job stopped, count lowered, device no longer feasible)
+	Keep   []Alloc // unchanged
 	// Groups is the placement summary of every job that is not stopped, by
 	// job id, groups in document order.
 	Groups map[string][]protocol.GroupStatus
