@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -64,15 +65,15 @@ func checkShape(v any, t reflect.Type, path string, errs *[]error) {
 	if v == nil {
 		return // null leaves the zero value; validation decides if that is allowed
 	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
 	if reflect.PointerTo(t).Implements(unmarshalerType) {
 		raw, _ := json.Marshal(v)
 		if err := reflect.New(t).Interface().(json.Unmarshaler).UnmarshalJSON(raw); err != nil {
 			*errs = append(*errs, FieldError{Path: path, Message: err.Error()})
 		}
 		return
-	}
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
 	}
 	bad := func(want string) {
 		*errs = append(*errs, fieldErr(path, "want %s, got %s", want, describe(v)))
@@ -94,7 +95,7 @@ func checkShape(v any, t reflect.Type, path string, errs *[]error) {
 			return
 		}
 		if _, err := n.Int64(); err != nil {
-			if _, uerr := fmt.Sscan(n.String(), new(uint64)); uerr != nil {
+			if _, uerr := strconv.ParseUint(n.String(), 10, 64); uerr != nil {
 				*errs = append(*errs, fieldErr(path, "want integer, got %s", n))
 				return
 			}

@@ -69,6 +69,9 @@ func NewTopics(root string) (Topics, error) {
 	return Topics{Root: root}, nil
 }
 
+// Base is "{root}/v1", the prefix of every topic.
+func (t Topics) Base() string { return t.base() }
+
 func (t Topics) base() string {
 	if t.Root == "" {
 		return DefaultRoot + "/" + Version

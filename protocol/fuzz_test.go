@@ -1,0 +1,95 @@
+package protocol
+
+import (
+	"testing"
+)
+
+// Every decoder that reads from the network must never panic, and whatever
+// it accepts must survive an encode/decode round trip.
+
+func seedAll(f *testing.F) {
+	for _, m := range goldenMessages() {
+		raw, _ := Encode(m)
+		f.Add(raw)
+	}
+	f.Add([]byte(helloYAML))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`null`))
+	f.Add([]byte(``))
+}
+
+func FuzzParseJob(f *testing.F) {
+	seedAll(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		j, err := ParseJob(data)
+		if err != nil {
+			if len(FieldErrors(err)) == 0 {
+				t.Fatal("error without field errors")
+			}
+			return
+		}
+		raw, err := Encode(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j2, err := ParseJob(raw)
+		if err != nil {
+			t.Fatalf("accepted job does not parse again: %v\n%s", err, raw)
+		}
+		if !j.Equal(j2) {
+			t.Fatalf("round trip changed the job:\n%s", raw)
+		}
+	})
+}
+
+func fuzzDecoder[T any](f *testing.F, dec func([]byte) (T, error)) {
+	seedAll(f)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		v, err := dec(data)
+		if err != nil {
+			return
+		}
+		raw, err := Encode(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dec(raw); err != nil {
+			t.Fatalf("accepted message does not decode again: %v\n%s", err, raw)
+		}
+	})
+}
+
+func FuzzDecodeDesired(f *testing.F)   { fuzzDecoder(f, DecodeDesired) }
+func FuzzDecodeReported(f *testing.F)  { fuzzDecoder(f, DecodeReported) }
+func FuzzDecodePresence(f *testing.F)  { fuzzDecoder(f, DecodePresence) }
+func FuzzDecodeFacts(f *testing.F)     { fuzzDecoder(f, DecodeFacts) }
+func FuzzDecodeEvent(f *testing.F)     { fuzzDecoder(f, DecodeEvent) }
+func FuzzDecodeJobStatus(f *testing.F) { fuzzDecoder(f, DecodeJobStatus) }
+
+func FuzzParseTopic(f *testing.F) {
+	var tp Topics
+	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), "tether/v1/devices/+/x", "#", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, topic string) {
+		kind, id, err := tp.Parse(topic)
+		if err != nil {
+			return
+		}
+		if ValidateID(id) != nil {
+			t.Fatalf("Parse(%q) returned invalid id %q", topic, id)
+		}
+		var rebuilt string
+		switch kind {
+		case KindJob:
+			rebuilt = tp.Job(id)
+		case KindJobStatus:
+			rebuilt = tp.JobStatus(id)
+		default:
+			rebuilt = tp.Device(id, kind)
+		}
+		if rebuilt != topic {
+			t.Fatalf("Parse(%q) = %s %q, which builds %q", topic, kind, id, rebuilt)
+		}
+	})
+}

@@ -1,0 +1,108 @@
+package protocol
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func intp(i int) *int { return &i }
+
+// goldenMessages are encoded and compared with testdata/golden/NAME.json,
+// then decoded back: the wire format is reviewable as a diff.
+func goldenMessages() map[string]any {
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	task := Task{Name: "httpd", Driver: DriverPodman, Config: TaskConfig{Image: "localhost/busybox:latest", Command: []string{"/bin/httpd", "-f"}},
+		Env: map[string]string{"GREETING": "hi"}, Resources: Resources{CPU: 100, Memory: 32},
+		Restart: &RestartPolicy{Attempts: 3, Delay: Duration(2 * time.Second), Interval: Duration(30 * time.Minute), Mode: RestartDelay}}
+	return map[string]any{
+		"desired": Desired{Device: "pi-07", Generation: 4, IssuedAt: at, Allocations: []Allocation{
+			{ID: "hello.web.0-abc123", Job: "hello", JobVersion: 2, Group: "web", Type: JobService, Tasks: []Task{task}}}},
+		"reported": Reported{Device: "pi-07", ObservedGeneration: 4, Time: at, Allocations: []AllocStatus{
+			{ID: "hello.web.0-abc123", Job: "hello", JobVersion: 2, Group: "web", State: AllocRunning,
+				Tasks: []TaskStatus{{Name: "httpd", State: TaskRunning, Restarts: 1, ExitCode: intp(137), StartedAt: &at}}}}},
+		"presence": Presence{Device: "pi-07", Status: Online, Since: at, Version: "v0.1.0"},
+		"facts": Facts{Device: "pi-07", Hostname: "pi", Arch: "arm64", OS: "linux", Kernel: "6.1.0", CPUCores: 4, CPUMHz: 6000,
+			MemoryMB: 3900, Drivers: []string{"exec", "podman"}, Labels: map[string]string{"site": "berlin"}},
+		"event": Event{Device: "pi-07", Seq: 17, Time: at, Type: EventRestarting, Alloc: "hello.web.0-abc123", Job: "hello", Task: "httpd", ExitCode: intp(137), Message: "exited with code 137"},
+		"jobstatus": JobStatus{Job: "hello", State: JobRunning, Version: 2, Type: JobService, Submission: "ab12",
+			Groups: []GroupStatus{{Name: "web", Desired: 2, Placed: 1, Unplaced: "1 of 2 instances unplaced: 0 of 1 devices feasible: 1 lack driver podman"}},
+			Allocs: []AllocSummary{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07", Version: 2, State: AllocRunning}},
+			Counts: PlacementCounts{Desired: 2, Placed: 1, Running: 1}, UpdatedAt: at},
+	}
+}
+
+func TestGolden(t *testing.T) {
+	decoders := map[string]func([]byte) (any, error){
+		"desired":   func(b []byte) (any, error) { return DecodeDesired(b) },
+		"reported":  func(b []byte) (any, error) { return DecodeReported(b) },
+		"presence":  func(b []byte) (any, error) { return DecodePresence(b) },
+		"facts":     func(b []byte) (any, error) { return DecodeFacts(b) },
+		"event":     func(b []byte) (any, error) { return DecodeEvent(b) },
+		"jobstatus": func(b []byte) (any, error) { return DecodeJobStatus(b) },
+	}
+	for name, msg := range goldenMessages() {
+		t.Run(name, func(t *testing.T) {
+			raw, err := Encode(msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join("testdata", "golden", name+".json")
+			if *update {
+				os.MkdirAll(filepath.Dir(path), 0o755)
+				if err := os.WriteFile(path, append(raw, '\n'), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./protocol -update to create it)", err)
+			}
+			if strings.TrimSpace(string(want)) != string(raw) {
+				t.Errorf("wire format changed:\n got %s\nwant %s", raw, want)
+			}
+			back, err := decoders[name](want)
+			if err != nil {
+				t.Fatalf("decode golden: %v", err)
+			}
+			again, _ := Encode(back)
+			if string(again) != string(raw) {
+				t.Errorf("decode/encode round trip changed it:\n got %s\nwant %s", again, raw)
+			}
+		})
+	}
+}
+
+func TestDecodersRejectBadInput(t *testing.T) {
+	cases := []struct {
+		name string
+		fn   func([]byte) error
+		in   string
+		want string
+	}{
+		{"desired device", func(b []byte) error { _, err := DecodeDesired(b); return err }, `{"device":"a/b","generation":1,"allocations":[]}`, "device: invalid identifier"},
+		{"desired dup alloc", func(b []byte) error { _, err := DecodeDesired(b); return err },
+			`{"device":"d","generation":1,"allocations":[{"id":"a","job":"j","group":"g","type":"service","tasks":[{"name":"t","driver":"exec","config":{"command":["x"]},"resources":{"cpu":1,"memory":1}}]},{"id":"a","job":"j","group":"g","type":"service","tasks":[{"name":"t","driver":"exec","config":{"command":["x"]},"resources":{"cpu":1,"memory":1}}]}]}`,
+			`allocations[1].id: duplicate allocation "a"`},
+		{"desired negative generation", func(b []byte) error { _, err := DecodeDesired(b); return err }, `{"device":"d","generation":-1}`, "generation: want non-negative integer"},
+		{"reported state", func(b []byte) error { _, err := DecodeReported(b); return err }, `{"device":"d","allocations":[{"id":"a","state":"weird"}]}`, `allocations[0].state: unknown state "weird"`},
+		{"presence status", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"maybe"}`, `status: unknown status "maybe"`},
+		{"facts label", func(b []byte) error { _, err := DecodeFacts(b); return err }, `{"device":"d","labels":{"a b":"x"}}`, "labels.a b: invalid label key"},
+		{"event type", func(b []byte) error { _, err := DecodeEvent(b); return err }, `{"device":"d"}`, "type: required"},
+		{"trailing", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"online"} {}`, "trailing data"},
+		{"unknown field", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"online","x":1}`, "x: unknown field"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.fn([]byte(c.in))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("got %v, want error containing %q", err, c.want)
+			}
+		})
+	}
+}
