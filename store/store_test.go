@@ -1,0 +1,157 @@
+package store
+
+import (
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tether-edge/tether/protocol"
+	bolt "go.etcd.io/bbolt"
+)
+
+func testJob(id, image string) protocol.Job {
+	j := protocol.Job{ID: id, Groups: []protocol.Group{{Name: "g", Tasks: []protocol.Task{{Name: "t", Driver: "podman", Config: protocol.TaskConfig{Image: image}}}}}}
+	j.Normalize()
+	return j
+}
+
+func open(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestJobVersionsSurviveRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "planner.db")
+	s := open(t, path)
+	now := time.Now()
+
+	r1, created, err := s.SubmitJob(testJob("web", "a:1"), "d1", now)
+	if err != nil || !created || r1.Version != 1 {
+		t.Fatalf("first submit: %+v %v %v", r1, created, err)
+	}
+	// Same content again: no new version, but the digest is recorded.
+	r, created, err := s.SubmitJob(testJob("web", "a:1"), "d1b", now)
+	if err != nil || created || r.Version != 1 {
+		t.Fatalf("unchanged submit: %+v %v %v", r, created, err)
+	}
+	r2, created, err := s.SubmitJob(testJob("web", "a:2"), "d2", now)
+	if err != nil || !created || r2.Version != 2 {
+		t.Fatalf("changed submit: %+v %v %v", r2, created, err)
+	}
+	if err := s.RejectJob("web", "bad", []protocol.FieldError{{Path: "id", Message: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open(t, path)
+	defer s.Close()
+	heads, err := s.Jobs()
+	if err != nil || len(heads) != 1 {
+		t.Fatalf("jobs: %+v %v", heads, err)
+	}
+	h := heads[0]
+	if h.Latest != 2 || h.LastDigest != "bad" || len(h.LastErrors) != 1 || h.Stopped {
+		t.Errorf("head after restart: %+v", h)
+	}
+	versions, err := s.JobVersions("web")
+	if err != nil || len(versions) != 2 || versions[0].Job.Groups[0].Tasks[0].Config.Image != "a:1" || versions[1].Version != 2 {
+		t.Errorf("versions: %+v %v", versions, err)
+	}
+	// Stopping, then submitting the same content again makes a new version.
+	if changed, err := s.StopJob("web", now); err != nil || !changed {
+		t.Fatalf("stop: %v %v", changed, err)
+	}
+	if changed, _ := s.StopJob("web", now); changed {
+		t.Error("second stop reported a change")
+	}
+	r3, created, err := s.SubmitJob(testJob("web", "a:2"), "d3", now)
+	if err != nil || !created || r3.Version != 3 {
+		t.Fatalf("resubmit after stop: %+v %v %v", r3, created, err)
+	}
+	if _, err := s.JobVersion("web", 9); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing version: %v", err)
+	}
+	if changed, err := s.StopJob("nope", now); err != nil || changed {
+		t.Errorf("stop of unknown job: %v %v", changed, err)
+	}
+}
+
+func TestRejectedFirstSubmission(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"))
+	defer s.Close()
+	if err := s.RejectJob("x", "d", []protocol.FieldError{{Path: "groups", Message: "want at least one group"}}); err != nil {
+		t.Fatal(err)
+	}
+	heads, _ := s.Jobs()
+	if len(heads) != 1 || heads[0].Latest != 0 || heads[0].LastErrors[0].Path != "groups" {
+		t.Errorf("%+v", heads)
+	}
+}
+
+func TestDevicesAndAllocations(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.db")
+	s := open(t, path)
+	err := s.UpdateDevice("pi", func(d *DeviceRecord) error {
+		d.Facts = &protocol.Facts{Device: "pi", Arch: "arm64", MemoryMB: 512}
+		d.Desired = &protocol.Desired{Device: "pi", Generation: 3}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A failing update writes nothing.
+	boom := errors.New("boom")
+	if err := s.UpdateDevice("pi", func(d *DeviceRecord) error { d.Facts = nil; return boom }); !errors.Is(err, boom) {
+		t.Fatalf("want boom, got %v", err)
+	}
+	allocs := []Allocation{{Allocation: protocol.Allocation{ID: "a1", Job: "j"}, Device: "pi"}, {Allocation: protocol.Allocation{ID: "a2", Job: "j"}, Device: "pi", Index: 1}}
+	if err := s.ReplaceAllocations(allocs); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ReplaceAllocations(allocs[1:]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	s = open(t, path)
+	defer s.Close()
+	d, err := s.Device("pi")
+	if err != nil || d.Facts == nil || d.Facts.Arch != "arm64" || d.Generation() != 3 {
+		t.Errorf("device after restart: %+v %v", d, err)
+	}
+	got, err := s.Allocations()
+	if err != nil || len(got) != 1 || got[0].ID != "a2" || got[0].Index != 1 {
+		t.Errorf("allocations: %+v %v", got, err)
+	}
+	if _, err := s.Device("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("unknown device: %v", err)
+	}
+	if n, _ := s.Schema(); n != SchemaVersion {
+		t.Errorf("schema %d", n)
+	}
+}
+
+func TestRefusesNewerSchema(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		b, _ := tx.CreateBucketIfNotExists(bucketMeta)
+		return b.Put(keySchema, []byte("99"))
+	})
+	db.Close()
+	_, err = Open(path)
+	if err == nil || !strings.Contains(err.Error(), "schema version 99 is newer") {
+		t.Fatalf("got %v", err)
+	}
+}
