@@ -1,0 +1,485 @@
+package planner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/planner/core"
+	"github.com/tether-edge/tether/protocol"
+	"github.com/tether-edge/tether/store"
+)
+
+// Bus is what the planner needs from an MQTT client. Handlers passed to
+// Subscribe must be called one at a time, and must not block.
+type Bus interface {
+	Subscribe(ctx context.Context, filter string, qos byte, h bus.Handler) error
+	Publish(ctx context.Context, topic string, payload []byte, retain bool, qos byte) error
+}
+
+// Config of a planner.
+type Config struct {
+	Bus    Bus
+	Store  *store.Store
+	Topics protocol.Topics
+	Log    zerolog.Logger
+	// Now defaults to time.Now.
+	Now func() time.Time
+	// Resync is how often the planner recomputes and retries unacknowledged
+	// publishes without being asked; default 30s.
+	Resync time.Duration
+}
+
+// Planner turns job documents into placements. Create it with New and run
+// it with Run.
+type Planner struct {
+	cfg    Config
+	log    zerolog.Logger
+	events chan bus.Message
+}
+
+// New returns a planner; it does nothing until Run.
+func New(cfg Config) *Planner {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 30 * time.Second
+	}
+	return &Planner{cfg: cfg, log: cfg.Log, events: make(chan bus.Message, 4096)}
+}
+
+// Run subscribes and plans until ctx ends.
+func (p *Planner) Run(ctx context.Context) error {
+	t := p.cfg.Topics
+	filters := []string{
+		t.JobsFilter(),
+		t.DevicesFilter(protocol.KindFacts),
+		t.DevicesFilter(protocol.KindPresence),
+		t.DevicesFilter(protocol.KindReported),
+	}
+	for _, f := range filters {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := p.cfg.Bus.Subscribe(sctx, f, 1, p.enqueue)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("planner: %w", err)
+		}
+	}
+	p.log.Info().Strs("filters", filters).Msg("planner subscribed")
+	// Publish whatever a previous run decided but could not deliver, and
+	// whatever the store implies, before waiting for news.
+	p.reconcile(ctx)
+	ticker := time.NewTicker(p.cfg.Resync)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+			p.reconcile(ctx)
+		case m := <-p.events:
+			p.apply(m)
+			// Coalesce a burst (a reconnect storm, the retained messages at
+			// start) into one plan.
+			p.drain()
+			p.reconcile(ctx)
+		}
+	}
+}
+
+// enqueue is the Bus handler. The channel is large; when it is full the
+// dispatch goroutine waits, which is fine: the bus queues without bound.
+func (p *Planner) enqueue(m bus.Message) { p.events <- m }
+
+func (p *Planner) drain() {
+	for {
+		select {
+		case m := <-p.events:
+			p.apply(m)
+		default:
+			return
+		}
+	}
+}
+
+func (p *Planner) apply(m bus.Message) {
+	kind, id, err := p.cfg.Topics.Parse(m.Topic)
+	if err != nil {
+		p.log.Warn().Err(err).Msg("ignoring message")
+		return
+	}
+	now := p.cfg.Now()
+	log := p.log.With().Str("topic", m.Topic).Logger()
+	switch kind {
+	case protocol.KindJob:
+		p.applyJob(id, m.Payload, now)
+	case protocol.KindFacts:
+		if len(m.Payload) == 0 {
+			return
+		}
+		f, err := protocol.DecodeFacts(m.Payload)
+		if err == nil && f.Device != id {
+			err = fmt.Errorf("device: %q does not match topic device %q", f.Device, id)
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("ignoring invalid facts")
+			return
+		}
+		p.updateDevice(id, func(d *store.DeviceRecord) { d.Facts = &f })
+	case protocol.KindPresence:
+		if len(m.Payload) == 0 {
+			return
+		}
+		pr, err := protocol.DecodePresence(m.Payload)
+		if err == nil && pr.Device != id {
+			err = fmt.Errorf("device: %q does not match topic device %q", pr.Device, id)
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("ignoring invalid presence")
+			return
+		}
+		p.updateDevice(id, func(d *store.DeviceRecord) { d.Presence = &pr })
+	case protocol.KindReported:
+		if len(m.Payload) == 0 {
+			return
+		}
+		r, err := protocol.DecodeReported(m.Payload)
+		if err == nil && r.Device != id {
+			err = fmt.Errorf("device: %q does not match topic device %q", r.Device, id)
+		}
+		if err != nil {
+			log.Warn().Err(err).Msg("ignoring invalid report")
+			return
+		}
+		p.updateDevice(id, func(d *store.DeviceRecord) {
+			// Reports are retained; an older one must never win over a newer.
+			if d.Reported != nil && r.Time.Before(d.Reported.Time) {
+				return
+			}
+			d.Reported = &r
+		})
+	}
+}
+
+func (p *Planner) updateDevice(id string, fn func(*store.DeviceRecord)) {
+	err := p.cfg.Store.UpdateDevice(id, func(d *store.DeviceRecord) error { fn(d); return nil })
+	if err != nil {
+		p.log.Error().Err(err).Str("device", id).Msg("store")
+	}
+}
+
+func (p *Planner) applyJob(id string, payload []byte, now time.Time) {
+	log := p.log.With().Str("job", id).Logger()
+	if len(payload) == 0 {
+		stopped, err := p.cfg.Store.StopJob(id, now)
+		if err != nil {
+			log.Error().Err(err).Msg("stop job")
+		} else if stopped {
+			log.Info().Msg("job stopped")
+		}
+		return
+	}
+	digest := protocol.Digest(payload)
+	job, err := protocol.ParseJob(payload)
+	if err == nil && job.ID != id {
+		err = protocol.FieldError{Path: "id", Message: fmt.Sprintf("%q does not match the job topic's %q", job.ID, id)}
+	}
+	if err != nil {
+		errs := protocol.FieldErrors(err)
+		log.Warn().Int("errors", len(errs)).Str("first", errs[0].Error()).Msg("job rejected")
+		if err := p.cfg.Store.RejectJob(id, digest, errs); err != nil {
+			log.Error().Err(err).Msg("store")
+		}
+		return
+	}
+	rec, created, err := p.cfg.Store.SubmitJob(job, digest, now)
+	if err != nil {
+		log.Error().Err(err).Msg("store")
+		return
+	}
+	if created {
+		log.Info().Uint64("version", rec.Version).Msg("job accepted")
+	}
+}
+
+// reconcile computes a plan from the store and publishes what changed. It is
+// level-triggered: it reads everything afresh, so a missed or repeated event
+// cannot leave the fleet in a wrong state.
+func (p *Planner) reconcile(ctx context.Context) {
+	if err := p.reconcileOnce(ctx); err != nil {
+		p.log.Error().Err(err).Msg("reconcile")
+	}
+}
+
+func (p *Planner) reconcileOnce(ctx context.Context) error {
+	now := p.cfg.Now()
+	snap, heads, err := p.snapshot()
+	if err != nil {
+		return err
+	}
+	plan := core.Compute(snap, now)
+	if len(plan.Place)+len(plan.Update)+len(plan.Stop) > 0 {
+		p.log.Info().Int("place", len(plan.Place)).Int("update", len(plan.Update)).
+			Int("stop", len(plan.Stop)).Int("keep", len(plan.Keep)).Msg("plan")
+		allocs := make([]store.Allocation, len(plan.Allocations))
+		for i, a := range plan.Allocations {
+			allocs[i] = toStore(a)
+		}
+		if err := p.cfg.Store.ReplaceAllocations(allocs); err != nil {
+			return fmt.Errorf("persist plan: %w", err)
+		}
+	}
+	var errs []error
+	if err := p.publishDesired(ctx, snap, plan, now); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.publishStatus(ctx, heads, plan, now); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
+	var snap core.Snapshot
+	heads, err := p.cfg.Store.Jobs()
+	if err != nil {
+		return snap, nil, err
+	}
+	for _, h := range heads {
+		if h.Latest == 0 {
+			continue // never accepted
+		}
+		rec, err := p.cfg.Store.JobVersion(h.ID, h.Latest)
+		if err != nil {
+			return snap, nil, err
+		}
+		snap.Jobs = append(snap.Jobs, core.Job{Job: rec.Job, Version: rec.Version, Stopped: h.Stopped})
+	}
+	devs, err := p.cfg.Store.Devices()
+	if err != nil {
+		return snap, nil, err
+	}
+	for _, d := range devs {
+		cd := core.Device{ID: d.ID, Reported: map[string]protocol.AllocStatus{}}
+		if d.Facts != nil {
+			cd.Facts, cd.HasFacts = *d.Facts, true
+		}
+		if d.Presence != nil {
+			cd.Presence = d.Presence.Status
+		}
+		if d.Reported != nil {
+			for _, a := range d.Reported.Allocations {
+				cd.Reported[a.ID] = a
+			}
+		}
+		snap.Devices = append(snap.Devices, cd)
+	}
+	allocs, err := p.cfg.Store.Allocations()
+	if err != nil {
+		return snap, nil, err
+	}
+	for _, a := range allocs {
+		snap.Allocations = append(snap.Allocations, fromStore(a))
+	}
+	return snap, heads, nil
+}
+
+func toStore(a core.Alloc) store.Allocation {
+	return store.Allocation{
+		Allocation: protocol.Allocation{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Type: a.Type, Tasks: a.Tasks},
+		Device:     a.Device,
+		Index:      a.Index,
+	}
+}
+
+func fromStore(a store.Allocation) core.Alloc {
+	return core.Alloc{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Index: a.Index, Type: a.Type, Device: a.Device, Tasks: a.Tasks}
+}
+
+// publishDesired publishes the desired document of every device whose
+// allocations changed, and retries documents the broker did not acknowledge.
+func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan core.Plan, now time.Time) error {
+	byDevice := map[string][]protocol.Allocation{}
+	for _, d := range snap.Devices {
+		byDevice[d.ID] = []protocol.Allocation{}
+	}
+	for _, a := range plan.Allocations {
+		byDevice[a.Device] = append(byDevice[a.Device], toStore(a).Allocation)
+	}
+	ids := make([]string, 0, len(byDevice))
+	for id := range byDevice {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var errs []error
+	for _, id := range ids {
+		allocs := byDevice[id]
+		sort.Slice(allocs, func(i, j int) bool { return allocs[i].ID < allocs[j].ID })
+		raw, _ := json.Marshal(allocs)
+		hash := protocol.Digest(raw)
+		var doc *protocol.Desired
+		err := p.cfg.Store.UpdateDevice(id, func(d *store.DeviceRecord) error {
+			if d.DesiredHash == hash && d.Desired != nil {
+				if !d.Published {
+					doc = d.Desired // decided earlier, not acknowledged yet
+				}
+				return nil
+			}
+			// Persist the new generation before publishing it, so that a
+			// crash in between can never reuse a generation.
+			d.Desired = &protocol.Desired{Device: id, Generation: d.Generation() + 1, IssuedAt: now.UTC(), Allocations: allocs}
+			d.DesiredHash = hash
+			d.Published = false
+			doc = d.Desired
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if doc == nil {
+			continue
+		}
+		payload, err := protocol.Encode(doc)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = p.cfg.Bus.Publish(pctx, p.cfg.Topics.Desired(id), payload, true, 1)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("publish desired for %s: %w", id, err))
+			continue
+		}
+		p.log.Info().Str("device", id).Uint64("generation", doc.Generation).Int("allocations", len(doc.Allocations)).Msg("desired published")
+		gen := doc.Generation
+		if err := p.cfg.Store.UpdateDevice(id, func(d *store.DeviceRecord) error {
+			if d.Generation() == gen {
+				d.Published = true
+			}
+			return nil
+		}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// publishStatus publishes the status of every job whose status changed.
+func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan core.Plan, now time.Time) error {
+	devs, err := p.cfg.Store.Devices()
+	if err != nil {
+		return err
+	}
+	reported := map[string]map[string]protocol.AllocStatus{}
+	for _, d := range devs {
+		if d.Reported == nil {
+			continue
+		}
+		m := map[string]protocol.AllocStatus{}
+		for _, a := range d.Reported.Allocations {
+			m[a.ID] = a
+		}
+		reported[d.ID] = m
+	}
+	byJob := map[string][]core.Alloc{}
+	for _, a := range plan.Allocations {
+		byJob[a.Job] = append(byJob[a.Job], a)
+	}
+	var errs []error
+	for _, h := range heads {
+		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported)
+		if h.Latest > 0 {
+			if rec, err := p.cfg.Store.JobVersion(h.ID, h.Latest); err == nil {
+				st.Type = rec.Job.Type
+			}
+		}
+		raw, _ := json.Marshal(st)
+		hash := protocol.Digest(raw)
+		if hash == h.StatusHash {
+			continue
+		}
+		st.UpdatedAt = now.UTC()
+		payload, _ := protocol.Encode(st)
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := p.cfg.Bus.Publish(pctx, p.cfg.Topics.JobStatus(h.ID), payload, true, 1)
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("publish status of %s: %w", h.ID, err))
+			continue
+		}
+		p.log.Debug().Str("job", h.ID).Str("state", string(st.State)).Msg("status published")
+		if err := p.cfg.Store.SetStatusHash(h.ID, hash); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BuildStatus derives a job's status from its head, its groups' placement
+// summary, its allocations and the devices' reports (by device, then
+// allocation id). UpdatedAt is left zero so that equal statuses hash equal.
+func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.Alloc, reported map[string]map[string]protocol.AllocStatus) protocol.JobStatus {
+	st := protocol.JobStatus{Job: h.ID, Version: h.Latest, Submission: h.LastDigest, Errors: h.LastErrors}
+	switch {
+	case h.Latest == 0:
+		st.State = protocol.JobInvalid
+		return st
+	case h.Stopped:
+		st.State = protocol.JobStopped
+		return st
+	}
+	st.Groups = groups
+	for _, g := range groups {
+		st.Counts.Desired += g.Desired
+	}
+	unplaced := false
+	for _, g := range groups {
+		if g.Unplaced != "" {
+			unplaced = true
+		}
+	}
+	sort.Slice(allocs, func(i, j int) bool { return allocs[i].ID < allocs[j].ID })
+	for _, a := range allocs {
+		sum := protocol.AllocSummary{ID: a.ID, Group: a.Group, Device: a.Device, Version: a.JobVersion, State: protocol.AllocPending}
+		if r, ok := reported[a.Device][a.ID]; ok && r.JobVersion == a.JobVersion {
+			sum.State = r.State
+			for _, t := range r.Tasks {
+				if t.Message != "" && (t.State == protocol.TaskFailed || t.State == protocol.TaskRestarting) {
+					sum.Message = t.Name + ": " + t.Message
+				}
+			}
+		}
+		st.Counts.Placed++
+		switch sum.State {
+		case protocol.AllocRunning:
+			st.Counts.Running++
+		case protocol.AllocComplete:
+			st.Counts.Complete++
+		case protocol.AllocFailed:
+			st.Counts.Failed++
+		default:
+			st.Counts.Pending++
+		}
+		st.Allocs = append(st.Allocs, sum)
+	}
+	c := st.Counts
+	switch {
+	case c.Failed > 0 || unplaced:
+		st.State = protocol.JobDegraded
+	case c.Placed > 0 && c.Complete == c.Placed:
+		st.State = protocol.JobComplete
+	case c.Pending == 0 && c.Running+c.Complete == c.Placed:
+		st.State = protocol.JobRunning
+	default:
+		st.State = protocol.JobPending
+	}
+	return st
+}
