@@ -194,21 +194,20 @@ func (c *Client) dispatch() {
 	}
 }
 
-// resubscribe renews every subscription; it runs on the dispatch goroutine
-// and must not wait for the SUBACK there, so it waits in a goroutine.
+// resubscribe renews every subscription. It runs on the dispatch goroutine,
+// which must not wait for a SUBACK, so each waits in a goroutine of its own.
 func (c *Client) resubscribe() {
 	c.mu.Lock()
 	subs := append([]subscription(nil), c.subs...)
 	c.mu.Unlock()
 	for _, s := range subs {
-		tok := c.c.Subscribe(s.filter, s.qos, c.wrap(s.h))
-		go func(filter string) {
-			if !tok.WaitTimeout(c.cfg.ConnectTimeout) {
-				c.log.Warn().Str("filter", filter).Msg("re-subscribe timed out")
-			} else if err := tok.Error(); err != nil {
-				c.log.Warn().Err(err).Str("filter", filter).Msg("re-subscribe failed")
+		go func(s subscription) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*c.cfg.ConnectTimeout)
+			defer cancel()
+			if err := c.subscribe(ctx, s.filter, s.qos, c.wrap(s.h)); err != nil {
+				c.log.Warn().Err(err).Str("filter", s.filter).Msg("re-subscribe failed")
 			}
-		}(s.filter)
+		}(s)
 	}
 }
 
@@ -220,17 +219,53 @@ func (c *Client) wrap(h Handler) paho.MessageHandler {
 }
 
 // Subscribe subscribes now and after every reconnect. It waits for the
-// broker's SUBACK up to ctx's deadline. Do not call it from a handler with a
-// ctx that never ends.
+// broker's SUBACK up to ctx's deadline and fails if the broker refused the
+// filter. Do not call it from a handler with a ctx that never ends.
 func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h Handler) error {
 	c.mu.Lock()
 	c.subs = append(c.subs, subscription{filter: filter, qos: qos, h: h})
 	c.mu.Unlock()
-	tok := c.c.Subscribe(filter, qos, c.wrap(h))
-	if err := wait(ctx, tok); err != nil {
+	if err := c.subscribe(ctx, filter, qos, c.wrap(h)); err != nil {
 		return fmt.Errorf("subscribe %s: %w", filter, err)
 	}
 	return nil
+}
+
+// ErrRefused is returned when the broker answered a SUBSCRIBE with a failure
+// code.
+var ErrRefused = errors.New("mqtt: the broker refused the subscription")
+
+// subscribe sends one SUBSCRIBE and checks the SUBACK's return code,
+// retrying a refusal a few times. mochi-mqtt keeps one packet-id space per
+// client for both directions: a SUBSCRIBE whose id equals that of a QoS 1
+// message the broker is still delivering (a retained message of an earlier
+// subscription, say) is refused with 0x80. paho reports that only in the
+// token's result, not as an error, so a subscription could silently not
+// exist. A retry goes out with a fresh packet id.
+func (c *Client) subscribe(ctx context.Context, filter string, qos byte, h paho.MessageHandler) error {
+	var err error
+	for attempt := 0; attempt < 8; attempt++ {
+		tok := c.c.Subscribe(filter, qos, h)
+		if err = wait(ctx, tok); err != nil {
+			return err
+		}
+		st, ok := tok.(*paho.SubscribeToken)
+		if !ok {
+			return nil
+		}
+		code, found := st.Result()[filter]
+		if !found || code <= 2 {
+			return nil
+		}
+		err = fmt.Errorf("%w (return code 0x%02x)", ErrRefused, code)
+		c.log.Debug().Str("filter", filter).Int("attempt", attempt+1).Msg("subscription refused; retrying")
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt+1) * 20 * time.Millisecond):
+		}
+	}
+	return err
 }
 
 // Publish sends a message and, for QoS 1, waits for the broker's PUBACK up
@@ -252,8 +287,7 @@ func (c *Client) Barrier(ctx context.Context, root string) error {
 	topic := root + "/sync/" + c.cfg.ClientID + "/" + RandomID("")
 	got := make(chan struct{})
 	var once sync.Once
-	tok := c.c.Subscribe(topic, 1, c.wrap(func(Message) { once.Do(func() { close(got) }) }))
-	if err := wait(ctx, tok); err != nil {
+	if err := c.subscribe(ctx, topic, 1, c.wrap(func(Message) { once.Do(func() { close(got) }) })); err != nil {
 		return fmt.Errorf("barrier subscribe: %w", err)
 	}
 	defer c.c.Unsubscribe(topic)

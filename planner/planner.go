@@ -116,6 +116,7 @@ func (p *Planner) apply(m bus.Message) {
 	}
 	now := p.cfg.Now()
 	log := p.log.With().Str("topic", m.Topic).Logger()
+	log.Debug().Int("bytes", len(m.Payload)).Bool("retained", m.Retained).Msg("message")
 	switch kind {
 	case protocol.KindJob:
 		p.applyJob(id, m.Payload, now)
