@@ -1,0 +1,556 @@
+package edged
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/edged/driver"
+	"github.com/tether-edge/tether/protocol"
+)
+
+// Config of an edged instance.
+type Config struct {
+	DeviceID string
+	// Brokers are tried in order (failover).
+	Brokers  []string
+	Username string
+	Password string
+	// DataDir holds edged.db and driver state.
+	DataDir string
+	Labels  map[string]string
+	Drivers []driver.Driver
+	Topics  protocol.Topics
+	Version string
+	// Resync is how often the worker looks at the drivers without being
+	// woken; default 10s.
+	Resync time.Duration
+	// StopTimeout is the grace period before a stopped task is killed;
+	// default 10s.
+	StopTimeout time.Duration
+	// CPUMHz and MemoryMB, when set, replace what the system reports (for
+	// simulators and for reserving capacity for the host).
+	CPUMHz   int
+	MemoryMB int
+	Log      zerolog.Logger
+}
+
+// Agent is a running edged.
+type Agent struct {
+	cfg     Config
+	log     zerolog.Logger
+	state   *localState
+	drivers map[string]driver.Driver
+	kick    chan struct{}
+
+	mu      sync.Mutex
+	inbox   [][]byte // desired payloads not yet processed
+	client  *bus.Client
+	outbox  outbox
+	outKick chan struct{}
+	lastRep []byte // last report content (without time) handed to the outbox
+
+	// afterPass, if set, runs on the worker after every pass (tests).
+	afterPass func()
+}
+
+// outbox holds what waits to be published. The report and presence are
+// coalesced (only the newest matters); events queue in order, bounded.
+type outbox struct {
+	report   []byte
+	facts    []byte
+	presence []byte
+	events   [][]byte
+	dropped  int
+}
+
+const maxQueuedEvents = 1000
+
+// New opens edged's local state; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if err := protocol.ValidateID(cfg.DeviceID); err != nil {
+		return nil, fmt.Errorf("device id: %w", err)
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("data dir: required")
+	}
+	if cfg.Resync == 0 {
+		cfg.Resync = 10 * time.Second
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	st, err := openState(filepath.Join(cfg.DataDir, "edged.db"))
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:     cfg,
+		log:     cfg.Log.With().Str("device", cfg.DeviceID).Logger(),
+		state:   st,
+		drivers: map[string]driver.Driver{},
+		kick:    make(chan struct{}, 1),
+		outKick: make(chan struct{}, 1),
+	}
+	for _, d := range cfg.Drivers {
+		a.drivers[d.Name()] = d
+	}
+	return a, nil
+}
+
+func (a *Agent) wake() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) wakeOut() {
+	select {
+	case a.outKick <- struct{}{}:
+	default:
+	}
+}
+
+func (a *Agent) driverNames() []string {
+	names := make([]string, 0, len(a.drivers))
+	for n := range a.drivers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Run reconciles until ctx ends. It works without a broker: it applies the
+// last desired document it stored and keeps restarting tasks while it
+// connects in the background. On return it publishes offline presence if it
+// can and closes the local state.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.state.close()
+	a.log.Info().Strs("drivers", a.driverNames()).Strs("brokers", a.cfg.Brokers).Msg("edged starting")
+	facts := gatherFacts(a.cfg.DeviceID, a.cfg.Labels, a.driverNames())
+	if a.cfg.CPUMHz > 0 {
+		facts.CPUMHz = a.cfg.CPUMHz
+	}
+	if a.cfg.MemoryMB > 0 {
+		facts.MemoryMB = a.cfg.MemoryMB
+	}
+	factsRaw, _ := protocol.Encode(facts)
+	a.mu.Lock()
+	a.outbox.facts = factsRaw
+	a.mu.Unlock()
+
+	for _, d := range a.drivers {
+		if w, ok := d.(driver.Watcher); ok {
+			ch, err := w.Watch(ctx)
+			if err != nil {
+				a.log.Warn().Err(err).Str("driver", d.Name()).Msg("driver events unavailable; relying on resync")
+				continue
+			}
+			go func() {
+				for range ch {
+					a.wake()
+				}
+			}()
+		}
+	}
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.connect(ctx) }()
+	go func() { defer wg.Done(); a.publishLoop(ctx) }()
+	a.worker(ctx)
+	wg.Wait()
+
+	a.mu.Lock()
+	c := a.client
+	a.mu.Unlock()
+	if c != nil {
+		// A clean goodbye: the broker does not send the last will after a
+		// DISCONNECT, so say offline ourselves.
+		off, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: time.Now().UTC(), Version: a.cfg.Version})
+		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = c.Publish(pctx, a.cfg.Topics.Presence(a.cfg.DeviceID), off, true, 1)
+		cancel()
+		c.Close()
+	}
+	a.log.Info().Msg("edged stopped")
+	return nil
+}
+
+// connect dials the broker in the background, for as long as it takes.
+func (a *Agent) connect(ctx context.Context) {
+	t := a.cfg.Topics
+	will, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: time.Now().UTC(), Version: a.cfg.Version})
+	var client *bus.Client
+	cfg := bus.Config{
+		Brokers:      a.cfg.Brokers,
+		ClientID:     a.cfg.DeviceID,
+		Username:     a.cfg.Username,
+		Password:     a.cfg.Password,
+		CleanSession: false,
+		Will:         &bus.Will{Topic: t.Presence(a.cfg.DeviceID), Payload: will, Retain: true, QoS: 1},
+		Log:          a.log,
+		OnConnect: func() {
+			a.log.Info().Msg("connected to broker")
+			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: time.Now().UTC(), Version: a.cfg.Version})
+			a.mu.Lock()
+			a.outbox.presence = birth
+			// The retained report may be gone or stale on the broker's
+			// side; publish the current one again.
+			a.lastRep = nil
+			a.mu.Unlock()
+			a.wake()
+			a.wakeOut()
+		},
+	}
+	for ctx.Err() == nil {
+		c, err := bus.Dial(ctx, cfg)
+		if err != nil {
+			if ctx.Err() == nil {
+				a.log.Warn().Err(err).Msg("connect failed; retrying")
+			}
+			continue
+		}
+		client = c
+		break
+	}
+	if client == nil {
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := client.Subscribe(sctx, t.Desired(a.cfg.DeviceID), 1, func(m bus.Message) {
+		a.mu.Lock()
+		a.inbox = append(a.inbox, m.Payload)
+		a.mu.Unlock()
+		a.wake()
+	})
+	cancel()
+	if err != nil {
+		a.log.Warn().Err(err).Msg("subscribe desired; will retry on reconnect")
+	}
+	a.mu.Lock()
+	a.client = client
+	a.mu.Unlock()
+	a.wakeOut()
+}
+
+// publishLoop sends the outbox whenever the link is up.
+func (a *Agent) publishLoop(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.outKick:
+		case <-retry.C:
+		}
+		if err := a.flush(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			a.log.Debug().Err(err).Msg("publish deferred")
+			retry.Reset(time.Second)
+		}
+	}
+}
+
+func (a *Agent) flush(ctx context.Context) error {
+	a.mu.Lock()
+	c := a.client
+	a.mu.Unlock()
+	if c == nil || !c.IsConnected() {
+		return errors.New("not connected")
+	}
+	t := a.cfg.Topics
+	dev := a.cfg.DeviceID
+	publish := func(topic string, payload []byte, retain bool) error {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return c.Publish(pctx, topic, payload, retain, 1)
+	}
+	// A slot is cleared only if it still holds what was sent.
+	for _, slot := range []struct {
+		field *[]byte
+		topic string
+	}{{&a.outbox.presence, t.Presence(dev)}, {&a.outbox.facts, t.Facts(dev)}, {&a.outbox.report, t.Reported(dev)}} {
+		a.mu.Lock()
+		payload := *slot.field
+		a.mu.Unlock()
+		if payload == nil {
+			continue
+		}
+		if err := publish(slot.topic, payload, true); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		if bytes.Equal(*slot.field, payload) {
+			*slot.field = nil
+		}
+		a.mu.Unlock()
+	}
+	for {
+		a.mu.Lock()
+		if len(a.outbox.events) == 0 {
+			a.mu.Unlock()
+			return nil
+		}
+		ev := a.outbox.events[0]
+		a.mu.Unlock()
+		if err := publish(t.Events(dev), ev, false); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.outbox.events = a.outbox.events[1:]
+		a.mu.Unlock()
+	}
+}
+
+// worker is the single reconcile loop.
+func (a *Agent) worker(ctx context.Context) {
+	resync := time.NewTicker(a.cfg.Resync)
+	defer resync.Stop()
+	timer := time.NewTimer(0) // first pass at once: offline boot
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		case <-resync.C:
+		case <-timer.C:
+		}
+		a.takeInbox()
+		wake := a.pass(ctx)
+		if a.afterPass != nil {
+			a.afterPass()
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		if !wake.IsZero() {
+			timer.Reset(max(time.Until(wake), time.Millisecond))
+		}
+	}
+}
+
+// takeInbox stores every valid desired document newer than the one applied.
+func (a *Agent) takeInbox() {
+	a.mu.Lock()
+	msgs := a.inbox
+	a.inbox = nil
+	a.mu.Unlock()
+	for _, raw := range msgs {
+		if len(raw) == 0 {
+			continue // the retained document was cleared; keep what we have
+		}
+		d, err := protocol.DecodeDesired(raw)
+		if err == nil && d.Device != a.cfg.DeviceID {
+			err = fmt.Errorf("device: addressed to %q", d.Device)
+		}
+		if err != nil {
+			a.log.Warn().Err(err).Msg("refusing desired document")
+			continue
+		}
+		cur, err := a.state.desired()
+		if err != nil {
+			a.log.Error().Err(err).Msg("read local state")
+			continue
+		}
+		if cur != nil && d.Generation <= cur.Generation {
+			if d.Generation < cur.Generation {
+				a.log.Warn().Uint64("generation", d.Generation).Uint64("applied", cur.Generation).Msg("refusing stale desired document")
+			}
+			continue
+		}
+		if err := a.state.putDesired(d); err != nil {
+			a.log.Error().Err(err).Msg("store desired")
+			continue
+		}
+		a.log.Info().Uint64("generation", d.Generation).Int("allocations", len(d.Allocations)).Msg("desired state received")
+	}
+}
+
+// list asks every driver what runs; listed says which answered.
+func (a *Agent) list(ctx context.Context) ([]observed, map[string]bool) {
+	var obs []observed
+	listed := map[string]bool{}
+	for name, d := range a.drivers {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		insts, err := d.List(lctx, a.cfg.DeviceID)
+		cancel()
+		if err != nil {
+			a.log.Warn().Err(err).Str("driver", name).Msg("list instances")
+			continue
+		}
+		listed[name] = true
+		for _, i := range insts {
+			obs = append(obs, observed{Driver: name, Instance: i})
+		}
+	}
+	return obs, listed
+}
+
+// pass runs one reconcile: diff, act, report. It returns when it next
+// needs to run (zero: only when woken).
+func (a *Agent) pass(ctx context.Context) time.Time {
+	desired, err := a.state.desired()
+	if err != nil {
+		a.log.Error().Err(err).Msg("read desired state")
+		return time.Now().Add(time.Second)
+	}
+	recs, err := a.state.tasks()
+	if err != nil {
+		a.log.Error().Err(err).Msg("read task records")
+		return time.Now().Add(time.Second)
+	}
+	now := time.Now()
+	obs, listed := a.list(ctx)
+	res := diff(a.cfg.DeviceID, desired, obs, recs, listed, now)
+	events := res.Events
+	wake := res.Wake
+	for _, act := range res.Actions {
+		d := a.drivers[act.Driver]
+		log := a.log.With().Str("task", act.Key).Str("reason", act.Reason).Logger()
+		switch act.Kind {
+		case actRemove:
+			if act.Stop {
+				sctx, cancel := context.WithTimeout(ctx, a.cfg.StopTimeout+10*time.Second)
+				if err := d.Stop(sctx, act.ID, a.cfg.StopTimeout); err != nil && !errors.Is(err, driver.ErrNotFound) {
+					log.Warn().Err(err).Msg("stop")
+				}
+				cancel()
+			}
+			rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			if err := d.Remove(rctx, act.ID); err != nil && !errors.Is(err, driver.ErrNotFound) {
+				log.Warn().Err(err).Msg("remove")
+			} else {
+				log.Info().Str("instance", act.ID).Msg("removed")
+			}
+			cancel()
+		case actStart:
+			sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+			inst, err := d.Start(sctx, act.Spec)
+			cancel()
+			rec := res.Tasks[act.Key]
+			alloc, task := act.Spec.Labels[driver.LabelAlloc], act.Spec.Labels[driver.LabelTask]
+			if err != nil {
+				log.Warn().Err(err).Msg("start failed")
+				code := -1
+				rec.ExitCode = &code
+				rec.Message = err.Error()
+				rec.FinishedAt = now
+				typ, pol := policyFor(act.Spec.Task, desired, alloc)
+				next := onExit(&rec, typ, pol, -1, now)
+				events = append(events, pendingEvent{Type: protocol.EventDriverErr, Alloc: alloc, Job: act.Spec.Labels[driver.LabelJob], Task: task, Message: err.Error()},
+					pendingEvent{Type: next, Alloc: alloc, Job: act.Spec.Labels[driver.LabelJob], Task: task, Message: err.Error()})
+				if rec.NextStart.After(now) {
+					wake = earliest(wake, rec.NextStart)
+				}
+			} else {
+				log.Info().Str("instance", inst.ID).Msg("started")
+				rec.StartedAt = inst.StartedAt
+				rec.Message = ""
+				events = append(events, pendingEvent{Type: protocol.EventStarted, Alloc: alloc, Job: act.Spec.Labels[driver.LabelJob], Task: task})
+			}
+			res.Tasks[act.Key] = rec
+		}
+	}
+	if err := a.state.putTasks(res.Tasks); err != nil {
+		a.log.Error().Err(err).Msg("store task records")
+	}
+	if len(res.Actions) > 0 {
+		obs, listed = a.list(ctx)
+	}
+	a.report(desired, obs, res.Tasks, listed, events, now)
+	return wake
+}
+
+// report queues the observed state (when it changed) and the events.
+func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, events []pendingEvent, now time.Time) {
+	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: buildReport(desired, obs, recs, listed, now)}
+	if desired != nil {
+		rep.ObservedGeneration = desired.Generation
+	}
+	var missing []string
+	if desired != nil {
+		for _, al := range desired.Allocations {
+			for _, t := range al.Tasks {
+				if _, ok := a.drivers[t.Driver]; !ok {
+					missing = append(missing, t.Driver)
+				}
+			}
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		rep.Error = "drivers not available on this device: " + fmt.Sprint(compact(missing))
+	}
+	content, _ := json.Marshal(rep)
+	var seq uint64
+	if len(events) > 0 {
+		var err error
+		if seq, err = a.state.nextSeq(len(events)); err != nil {
+			a.log.Error().Err(err).Msg("event sequence")
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	changed := !bytes.Equal(content, a.lastRep)
+	if changed {
+		a.lastRep = content
+		rep.Time = now.UTC()
+		a.outbox.report, _ = protocol.Encode(rep)
+	}
+	for i, e := range events {
+		raw, _ := protocol.Encode(protocol.Event{Device: a.cfg.DeviceID, Seq: seq + uint64(i), Time: now.UTC(), Type: e.Type, Alloc: e.Alloc, Job: e.Job, Task: e.Task, ExitCode: e.ExitCode, Message: e.Message})
+		a.outbox.events = append(a.outbox.events, raw)
+		a.log.Info().Str("event", string(e.Type)).Str("alloc", e.Alloc).Str("task", e.Task).Str("detail", e.Message).Msg("task event")
+	}
+	if over := len(a.outbox.events) - maxQueuedEvents; over > 0 {
+		a.outbox.events = a.outbox.events[over:]
+		a.outbox.dropped += over
+		a.log.Warn().Int("dropped", over).Msg("event queue full; dropped the oldest events")
+	}
+	if changed || len(events) > 0 {
+		a.wakeOut()
+	}
+}
+
+func compact(s []string) []string {
+	out := s[:0]
+	for i, v := range s {
+		if i == 0 || v != s[i-1] {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func policyFor(t protocol.Task, desired *protocol.Desired, alloc string) (protocol.JobType, protocol.RestartPolicy) {
+	typ := protocol.JobService
+	if desired != nil {
+		for _, a := range desired.Allocations {
+			if a.ID == alloc {
+				typ = a.Type
+			}
+		}
+	}
+	return typ, policy(t, typ)
+}
