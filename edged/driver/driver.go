@@ -47,8 +47,9 @@ const (
 
 // Spec is what edged asks a driver to run.
 type Spec struct {
-	// Name is unique on the device among the driver's instances, made of
-	// letters, digits, '.', '_' and '-'.
+	// Name is unique in the whole runtime (several devices may share one
+	// Podman), made of letters, digits, '.', '_' and '-'. edged builds it
+	// from the allocation id, which already includes a hash of the device.
 	Name string
 	// Labels must be stored with the instance and returned by List.
 	Labels map[string]string
@@ -63,6 +64,8 @@ type Instance struct {
 	Labels     map[string]string
 	State      State
 	ExitCode   int
+	// StartedAt and FinishedAt may be whole seconds (Podman); tell
+	// instances apart by ID, not by time.
 	StartedAt  time.Time // zero if never started
 	FinishedAt time.Time // zero if never exited
 }
@@ -89,6 +92,7 @@ type Driver interface {
 // exited) sooner than edged's periodic resync would notice them.
 type Watcher interface {
 	// Watch sends on the returned channel, without blocking, whenever
-	// something may have changed, until ctx ends.
+	// something may have changed, until ctx ends; then it closes the
+	// channel.
 	Watch(ctx context.Context) (<-chan struct{}, error)
 }

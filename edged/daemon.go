@@ -1,0 +1,52 @@
+package edged
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+
+	"github.com/tether-edge/tether/edged/driver"
+	"github.com/tether-edge/tether/edged/exec"
+	"github.com/tether-edge/tether/edged/podman"
+)
+
+// DaemonConfig is Config plus how to reach the drivers; Drivers in Config
+// is ignored.
+type DaemonConfig struct {
+	Config
+	// PodmanSocket is the Podman API socket (unix:///path). Empty: use
+	// CONTAINER_HOST, else start `podman system service` on a socket in the
+	// data dir when podman is installed, else run exec tasks only.
+	PodmanSocket string
+	// DisablePodman runs exec tasks only.
+	DisablePodman bool
+}
+
+// RunDaemon sets up the drivers and runs the agent until ctx ends.
+func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
+	log := cfg.Log.With().Str("device", cfg.DeviceID).Logger()
+	var drivers []driver.Driver
+	ex, err := exec.New(filepath.Join(cfg.DataDir, "exec"), log.With().Str("driver", "exec").Logger())
+	if err != nil {
+		return err
+	}
+	drivers = append(drivers, ex)
+	if !cfg.DisablePodman {
+		pd, err := podman.Connect(ctx, podman.Config{Socket: cfg.PodmanSocket, DataDir: cfg.DataDir, Log: log.With().Str("driver", "podman").Logger()})
+		switch {
+		case err == nil:
+			defer pd.Close()
+			drivers = append(drivers, pd)
+		case errors.Is(err, podman.ErrUnavailable):
+			log.Warn().Err(err).Msg("podman not available: running exec tasks only")
+		default:
+			log.Error().Err(err).Msg("podman driver failed to start: running exec tasks only")
+		}
+	}
+	cfg.Drivers = drivers
+	a, err := New(cfg.Config)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}

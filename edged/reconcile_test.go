@@ -1,0 +1,175 @@
+package edged
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tether-edge/tether/edged/driver"
+	"github.com/tether-edge/tether/protocol"
+)
+
+var t0 = time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+
+func svcTask(name string) protocol.Task {
+	return protocol.Task{Name: name, Driver: "podman", Config: protocol.TaskConfig{Image: "img"},
+		Restart: &protocol.RestartPolicy{Attempts: 2, Delay: protocol.Duration(time.Second), Interval: protocol.Duration(time.Minute), Mode: protocol.RestartFail}}
+}
+
+func desiredWith(typ protocol.JobType, tasks ...protocol.Task) *protocol.Desired {
+	return &protocol.Desired{Device: "d", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-aaaaaa", Job: "j", JobVersion: 1, Group: "g", Type: typ, Tasks: tasks}}}
+}
+
+func inst(task protocol.Task, state driver.State, code int) observed {
+	return observed{Driver: "podman", Instance: driver.Instance{
+		ID: "c-" + task.Name, Name: instanceName("j.g.0-aaaaaa", task.Name), State: state, ExitCode: code, StartedAt: t0.Add(-time.Hour),
+		Labels: map[string]string{driver.LabelAlloc: "j.g.0-aaaaaa", driver.LabelTask: task.Name, driver.LabelJob: "j", driver.LabelSpec: protocol.SpecHash(task), driver.LabelDevice: "d"},
+	}}
+}
+
+var listed = map[string]bool{"podman": true}
+
+func kinds(acts []action) []string {
+	var out []string
+	for _, a := range acts {
+		switch a.Kind {
+		case actStart:
+			out = append(out, "start:"+a.Spec.Name)
+		case actRemove:
+			out = append(out, "remove:"+a.ID+":"+a.Reason)
+		}
+	}
+	return out
+}
+
+func TestDiffStartsMissingAndAdoptsRunning(t *testing.T) {
+	a, b := svcTask("a"), svcTask("b")
+	res := diff("d", desiredWith(protocol.JobService, a, b), []observed{inst(a, driver.StateRunning, 0)}, nil, listed, t0)
+	got := kinds(res.Actions)
+	if len(got) != 1 || got[0] != "start:tether-j.g.0-aaaaaa-b" {
+		t.Fatalf("actions = %v", got)
+	}
+	spec := res.Actions[0].Spec
+	for _, l := range []string{driver.LabelAlloc, driver.LabelJob, driver.LabelGroup, driver.LabelTask, driver.LabelSpec, driver.LabelDevice} {
+		if spec.Labels[l] == "" {
+			t.Errorf("label %s missing", l)
+		}
+	}
+}
+
+func TestDiffRemovesUndesiredDuplicateAndChanged(t *testing.T) {
+	a := svcTask("a")
+	stray := inst(svcTask("old"), driver.StateRunning, 0)
+	stray.Labels[driver.LabelAlloc] = "gone.g.0-bbbbbb"
+	dup := inst(a, driver.StateRunning, 0)
+	dup.ID = "c-dup"
+	dup.StartedAt = t0.Add(-2 * time.Hour)
+	res := diff("d", desiredWith(protocol.JobService, a), []observed{inst(a, driver.StateRunning, 0), dup, stray}, nil, listed, t0)
+	got := kinds(res.Actions)
+	want := map[string]bool{"remove:c-old:no longer desired": true, "remove:c-dup:duplicate": true}
+	if len(got) != 2 || !want[got[0]] || !want[got[1]] {
+		t.Fatalf("actions = %v", got)
+	}
+
+	changed := a
+	changed.Env = map[string]string{"X": "1"}
+	res = diff("d", desiredWith(protocol.JobService, changed), []observed{inst(a, driver.StateRunning, 0)}, nil, listed, t0)
+	got = kinds(res.Actions)
+	if len(got) != 2 || got[0] != "remove:c-a:spec changed" || got[1] != "start:tether-j.g.0-aaaaaa-a" {
+		t.Fatalf("spec change actions = %v", got)
+	}
+}
+
+func TestDiffRestartPolicy(t *testing.T) {
+	a := svcTask("a")
+	d := desiredWith(protocol.JobService, a)
+	recs := map[string]taskRecord{}
+	now := t0
+	// Two restarts are allowed within the interval; the third exit fails.
+	for i := 1; i <= 3; i++ {
+		res := diff("d", d, []observed{inst(a, driver.StateExited, 137)}, recs, listed, now)
+		rec := res.Tasks[taskKey("j.g.0-aaaaaa", "a")]
+		if i <= 2 {
+			if rec.Restarts != i || rec.Failed || !rec.NextStart.Equal(now.Add(time.Second)) || res.Wake.IsZero() {
+				t.Fatalf("exit %d: rec = %+v wake %v", i, rec, res.Wake)
+			}
+			if got := kinds(res.Actions); len(got) != 1 || got[0] != "remove:c-a:restarting" {
+				t.Fatalf("exit %d: actions %v", i, got)
+			}
+			// Before the delay nothing starts; after it, a new instance does.
+			if r := diff("d", d, nil, res.Tasks, listed, now.Add(500*time.Millisecond)); len(r.Actions) != 0 {
+				t.Fatalf("started before the delay: %v", kinds(r.Actions))
+			}
+			if r := diff("d", d, nil, res.Tasks, listed, now.Add(time.Second)); len(r.Actions) != 1 {
+				t.Fatalf("not started after the delay: %v", kinds(r.Actions))
+			}
+		} else {
+			if !rec.Failed || len(res.Actions) != 0 {
+				t.Fatalf("third exit: rec = %+v actions %v", rec, kinds(res.Actions))
+			}
+			rep := buildReport(d, nil, res.Tasks, listed, now)
+			if rep[0].State != protocol.AllocFailed || rep[0].Tasks[0].State != protocol.TaskFailed {
+				t.Fatalf("report %+v", rep)
+			}
+		}
+		recs = res.Tasks
+		now = now.Add(2 * time.Second)
+	}
+	// A failed task stays failed: nothing is started again.
+	if r := diff("d", d, nil, recs, listed, now.Add(time.Hour)); len(r.Actions) != 0 {
+		t.Fatalf("failed task restarted: %v", kinds(r.Actions))
+	}
+}
+
+func TestOnExitDelayModeAndWindow(t *testing.T) {
+	p := protocol.RestartPolicy{Attempts: 1, Delay: protocol.Duration(time.Second), Interval: protocol.Duration(time.Minute), Mode: protocol.RestartDelay}
+	var rec taskRecord
+	if ev := onExit(&rec, protocol.JobService, p, 1, t0); ev != protocol.EventRestarting || rec.Restarts != 1 {
+		t.Fatalf("first: %s %+v", ev, rec)
+	}
+	ev := onExit(&rec, protocol.JobService, p, 1, t0.Add(5*time.Second))
+	if ev != protocol.EventRestarting || rec.Failed || !rec.NextStart.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("delay mode: %s %+v", ev, rec)
+	}
+	// After the interval the budget is fresh again.
+	rec = taskRecord{Restarts: 1, WindowStart: t0}
+	fp := p
+	fp.Mode = protocol.RestartFail
+	if ev := onExit(&rec, protocol.JobService, fp, 1, t0.Add(2*time.Minute)); ev != protocol.EventRestarting || rec.Restarts != 1 {
+		t.Fatalf("new window: %s %+v", ev, rec)
+	}
+}
+
+func TestBatchCompletesOnce(t *testing.T) {
+	a := svcTask("a")
+	d := desiredWith(protocol.JobBatch, a)
+	res := diff("d", d, []observed{inst(a, driver.StateExited, 0)}, nil, listed, t0)
+	rec := res.Tasks[taskKey("j.g.0-aaaaaa", "a")]
+	if !rec.Complete || len(res.Actions) != 0 {
+		t.Fatalf("rec %+v actions %v", rec, kinds(res.Actions))
+	}
+	// Even when the exited container is gone, a complete task never runs again.
+	if r := diff("d", d, nil, res.Tasks, listed, t0.Add(time.Hour)); len(r.Actions) != 0 {
+		t.Fatalf("batch rerun: %v", kinds(r.Actions))
+	}
+	rep := buildReport(d, nil, res.Tasks, listed, t0)
+	if rep[0].State != protocol.AllocComplete {
+		t.Fatalf("report %+v", rep)
+	}
+	// A service task that exits 0 is restarted.
+	res = diff("d", desiredWith(protocol.JobService, a), []observed{inst(a, driver.StateExited, 0)}, nil, listed, t0)
+	if res.Tasks[taskKey("j.g.0-aaaaaa", "a")].Restarts != 1 {
+		t.Fatalf("service exit 0 not restarted: %+v", res.Tasks)
+	}
+}
+
+func TestDiffLeavesUnlistedDriverAlone(t *testing.T) {
+	a := svcTask("a")
+	res := diff("d", desiredWith(protocol.JobService, a), nil, nil, map[string]bool{}, t0)
+	if len(res.Actions) != 0 {
+		t.Fatalf("acted on a driver that did not answer: %v", kinds(res.Actions))
+	}
+	rep := buildReport(desiredWith(protocol.JobService, a), nil, res.Tasks, map[string]bool{}, t0)
+	if rep[0].State != protocol.AllocPending || rep[0].Tasks[0].Message == "" {
+		t.Fatalf("report %+v", rep)
+	}
+}
