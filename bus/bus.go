@@ -318,6 +318,9 @@ func wait(ctx context.Context, tok paho.Token) error {
 	case <-tok.Done():
 		return tok.Error()
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return ctx.Err()
+		}
 		return ErrTimeout
 	}
 }

@@ -213,7 +213,7 @@ func (p *Planner) applyJob(id string, payload []byte, now time.Time) {
 // level-triggered: it reads everything afresh, so a missed or repeated event
 // cannot leave the fleet in a wrong state.
 func (p *Planner) reconcile(ctx context.Context) {
-	if err := p.reconcileOnce(ctx); err != nil {
+	if err := p.reconcileOnce(ctx); err != nil && ctx.Err() == nil {
 		p.log.Error().Err(err).Msg("reconcile")
 	}
 }

@@ -180,14 +180,38 @@ func ParseJob(data []byte) (Job, error) {
 		}
 		trimmed = js
 	}
-	if err := decodeStrict(trimmed, &j); err != nil {
-		return Job{}, err
+	fatal, shape := decodeShape(trimmed, &j)
+	if fatal != nil {
+		return Job{}, fatal
 	}
 	j.Normalize()
-	if err := j.Validate(); err != nil {
+	// Report what validation finds in the rest of the document too, except
+	// on fields whose value could not be read at all.
+	errs := shape
+	for _, fe := range FieldErrors(j.Validate()) {
+		if !underAny(fe.Path, shape) {
+			errs = append(errs, fe)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
 		return Job{}, err
 	}
 	return j, nil
+}
+
+// underAny reports whether path is, or is inside or above, the path of one
+// of the shape errors.
+func underAny(path string, shape []error) bool {
+	for _, e := range shape {
+		var fe FieldError
+		if !errors.As(e, &fe) {
+			continue
+		}
+		if path == fe.Path || strings.HasPrefix(path, fe.Path+".") || strings.HasPrefix(path, fe.Path+"[") || strings.HasPrefix(fe.Path, path+".") {
+			return true
+		}
+	}
+	return false
 }
 
 // Normalize fills in defaults: type service, count 1, default resources and

@@ -117,6 +117,18 @@ groups:
 			"groups[0].tasks[0].resources.memory: want integer, got 1.5",
 			`groups[0].tasks[0].restart.delay: want a duration such as "15s", got "soon"`,
 		}},
+		{"shape and validation errors together", `
+id: x
+groups:
+  - name: g
+    bogus: 1
+    tasks:
+      - {name: t, driver: dokcer, config: {image: i}, resources: {cpu: "x"}}
+`, []string{
+			"groups[0].bogus: unknown field",
+			`groups[0].tasks[0].driver: unknown driver "dokcer"`,
+			"groups[0].tasks[0].resources.cpu: want integer, got string",
+		}},
 		{"topic escape", `{"id":"x/#","groups":[]}`, []string{"id: invalid identifier", "groups: want at least one group"}},
 		{"empty", ``, []string{"empty job document"}},
 		{"not yaml", "id: [unclosed", []string{"invalid YAML"}},

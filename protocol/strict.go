@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,24 +15,32 @@ import (
 // document against v's type, so that unknown fields and wrongly typed values
 // are reported with their full path instead of Go's first-error-only message.
 func decodeStrict(data []byte, v any) error {
+	fatal, shape := decodeShape(data, v)
+	if fatal != nil {
+		return fatal
+	}
+	return errors.Join(shape...)
+}
+
+// decodeShape decodes JSON into v as far as it can. fatal is set when the
+// data is not one JSON document at all; shape lists every unknown field and
+// wrongly typed value, with v still filled from everything else, so that a
+// caller can validate the rest and report all problems at once.
+func decodeShape(data []byte, v any) (fatal error, shape []error) {
 	var generic any
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	if err := dec.Decode(&generic); err != nil {
-		return FieldError{Message: "invalid JSON: " + err.Error()}
+		return FieldError{Message: "invalid JSON: " + err.Error()}, nil
 	}
 	if dec.More() {
-		return FieldError{Message: "invalid JSON: trailing data after the document"}
+		return FieldError{Message: "invalid JSON: trailing data after the document"}, nil
 	}
-	var errs []error
-	checkShape(generic, reflect.TypeOf(v).Elem(), "", &errs)
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+	checkShape(generic, reflect.TypeOf(v).Elem(), "", &shape)
+	if err := json.Unmarshal(data, v); err != nil && len(shape) == 0 {
+		return FieldError{Message: err.Error()}, nil
 	}
-	if err := json.Unmarshal(data, v); err != nil {
-		return FieldError{Message: err.Error()}
-	}
-	return nil
+	return nil, shape
 }
 
 var unmarshalerType = reflect.TypeOf((*json.Unmarshaler)(nil)).Elem()

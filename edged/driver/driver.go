@@ -59,11 +59,11 @@ type Spec struct {
 
 // Instance is one workload as the runtime reports it.
 type Instance struct {
-	ID         string // runtime id (container id, or the name for exec)
-	Name       string
-	Labels     map[string]string
-	State      State
-	ExitCode   int
+	ID       string // runtime id (container id, or the name for exec)
+	Name     string
+	Labels   map[string]string
+	State    State
+	ExitCode int
 	// StartedAt and FinishedAt may be whole seconds (Podman); tell
 	// instances apart by ID, not by time.
 	StartedAt  time.Time // zero if never started

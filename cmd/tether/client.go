@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-edge/tether/bus"
+)
+
+// dial connects a short-lived operator client.
+func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := bus.Dial(dctx, bus.Config{
+		Brokers:      []string{g.broker},
+		ClientID:     bus.RandomID("tether-cli-"),
+		Username:     g.username,
+		Password:     g.password,
+		CleanSession: true,
+		Log:          zerolog.Nop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the broker at %s (set --broker or TETHER_BROKER; is `tether dev` or `tether server` running?): %w", g.broker, err)
+	}
+	return c, nil
+}
+
+// collect subscribes to filters and returns every message (retained ones
+// first) delivered before a barrier round trip: the current retained state.
+func collect(ctx context.Context, c *bus.Client, base string, filters ...string) ([]bus.Message, error) {
+	ch := make(chan bus.Message, 1024)
+	var msgs []bus.Message
+	for _, f := range filters {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := c.Subscribe(sctx, f, 1, func(m bus.Message) { ch <- m })
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- c.Barrier(bctx, base) }()
+	for {
+		select {
+		case m := <-ch:
+			msgs = append(msgs, m)
+		case err := <-done:
+			// Everything before the barrier is in ch now.
+			for {
+				select {
+				case m := <-ch:
+					msgs = append(msgs, m)
+				default:
+					return msgs, err
+				}
+			}
+		}
+	}
+}

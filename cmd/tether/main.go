@@ -1,0 +1,77 @@
+// Command tether is the operator's tool and the server: `tether dev`,
+// `tether server`, `tether job ...` and `tether device ...`.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+	"github.com/tether-edge/tether/internal/cli"
+	"github.com/tether-edge/tether/internal/version"
+	"github.com/tether-edge/tether/protocol"
+)
+
+// globals are the flags every subcommand shares.
+type globals struct {
+	broker    string
+	topicRoot string
+	logLevel  string
+	logFormat string
+	username  string
+	password  string
+}
+
+func (g *globals) logger() (zerolog.Logger, error) {
+	return cli.NewLogger(os.Stderr, g.logLevel, g.logFormat)
+}
+
+func (g *globals) topics() (protocol.Topics, error) {
+	return protocol.NewTopics(g.topicRoot)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "tether",
+		Short:         "Tether: an MQTT-native orchestrator for fleets of edge devices",
+		Version:       version.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.broker, "broker", envOr("TETHER_BROKER", "mqtt://127.0.0.1:1883"), "broker URL (env TETHER_BROKER)")
+	pf.StringVar(&g.topicRoot, "topic-root", envOr("TETHER_TOPIC_ROOT", protocol.DefaultRoot), "first topic level (env TETHER_TOPIC_ROOT)")
+	pf.StringVar(&g.username, "username", os.Getenv("TETHER_USERNAME"), "broker username (env TETHER_USERNAME)")
+	pf.StringVar(&g.password, "password", os.Getenv("TETHER_PASSWORD"), "broker password (env TETHER_PASSWORD)")
+	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	pf.StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
+	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g))
+	return root
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRoot().ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		var ee cli.ExitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.Code)
+		}
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/tether-edge/tether/edged"
+	"github.com/tether-edge/tether/internal/cli"
+	"github.com/tether-edge/tether/internal/version"
+	"github.com/tether-edge/tether/server"
+)
+
+type serveFlags struct {
+	dataDir  string
+	mqttAddr string
+	wsAddr   string
+	httpAddr string
+}
+
+func (f *serveFlags) register(cmd *cobra.Command, dataDirHelp string) {
+	cmd.Flags().StringVar(&f.dataDir, "data-dir", "", dataDirHelp)
+	cmd.Flags().StringVar(&f.mqttAddr, "mqtt-addr", "127.0.0.1:1883", "MQTT TCP listener (port 0 picks a free one)")
+	cmd.Flags().StringVar(&f.wsAddr, "ws-addr", "127.0.0.1:1884", "MQTT over WebSocket listener for dashboards (empty disables)")
+	cmd.Flags().StringVar(&f.httpAddr, "http-addr", "127.0.0.1:7070", "HTTP listener for /healthz (empty disables)")
+}
+
+func newServerCmd(g *globals) *cobra.Command {
+	var f serveFlags
+	var insecure bool
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the planner and the embedded broker",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			topics, err := g.topics()
+			if err != nil {
+				return err
+			}
+			if f.dataDir == "" {
+				return fmt.Errorf("--data-dir is required")
+			}
+			if insecure {
+				log.Warn().Msg("--insecure-allow-anonymous: any client that reaches the broker can run workloads on every device")
+			}
+			srv, err := server.Start(cmd.Context(), server.Config{
+				DataDir: f.dataDir, MQTTAddr: f.mqttAddr, WSAddr: f.wsAddr, HTTPAddr: f.httpAddr,
+				InsecureAllowAnonymous: insecure, Topics: topics, Log: log,
+			})
+			if err != nil {
+				return err
+			}
+			printEndpoints(cmd, srv.Endpoints(), f.dataDir)
+			<-cmd.Context().Done()
+			return srv.Close()
+		},
+	}
+	f.register(cmd, "where the planner and broker keep their data (required)")
+	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let clients without credentials connect from anywhere (until identities exist, needed for remote devices)")
+	return cmd
+}
+
+func printEndpoints(cmd *cobra.Command, ep server.Endpoints, dataDir string) {
+	out := cmd.OutOrStdout()
+	fmt.Fprintf(out, "MQTT broker:   %s\n", ep.MQTTURL())
+	if ep.WS != "" {
+		fmt.Fprintf(out, "WebSocket:     ws://%s\n", ep.WS)
+	}
+	if ep.HTTP != "" {
+		fmt.Fprintf(out, "Health:        http://%s/healthz\n", ep.HTTP)
+	}
+	fmt.Fprintf(out, "Data dir:      %s\n", dataDir)
+}
+
+func newDevCmd(g *globals) *cobra.Command {
+	var f serveFlags
+	var deviceID, podmanSocket string
+	var labels []string
+	var noEdged bool
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a server, its embedded broker and a local edged, with no configuration",
+		Long: `Run everything on this machine for trying Tether out: the planner, the
+embedded broker (anonymous access from loopback only) and an edged for this
+machine. Data goes to a new temporary directory unless --data-dir is given.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			topics, err := g.topics()
+			if err != nil {
+				return err
+			}
+			lbls, err := cli.ParseLabels(labels)
+			if err != nil {
+				return err
+			}
+			if f.dataDir == "" {
+				if f.dataDir, err = os.MkdirTemp("", "tether-dev-"); err != nil {
+					return err
+				}
+			}
+			srv, err := server.Start(cmd.Context(), server.Config{
+				DataDir: filepath.Join(f.dataDir, "server"), MQTTAddr: f.mqttAddr, WSAddr: f.wsAddr, HTTPAddr: f.httpAddr,
+				Dev: true, Topics: topics, Log: log,
+			})
+			if err != nil {
+				return err
+			}
+			ep := srv.Endpoints()
+			out := cmd.OutOrStdout()
+			fmt.Fprintln(out, "Tether dev is running.")
+			printEndpoints(cmd, ep, f.dataDir)
+			done := make(chan error, 1)
+			if noEdged {
+				done <- nil
+			} else {
+				fmt.Fprintf(out, "Local device:  %s\n", deviceID)
+				go func() {
+					done <- edged.RunDaemon(cmd.Context(), edged.DaemonConfig{
+						Config: edged.Config{
+							DeviceID: deviceID, Brokers: []string{ep.MQTTURL()}, DataDir: filepath.Join(f.dataDir, "edged"),
+							Labels: lbls, Topics: topics, Version: version.String(), Resync: 5 * time.Second,
+							Log: log.With().Str("part", "edged").Logger(),
+						},
+						PodmanSocket: podmanSocket,
+					})
+				}()
+			}
+			fmt.Fprintf(out, "Try:           TETHER_BROKER=%s tether job run deploy/examples/hello.yaml\n", ep.MQTTURL())
+			fmt.Fprintln(out, "Stop with Ctrl-C.")
+			<-cmd.Context().Done()
+			edErr := <-done
+			if err := srv.Close(); err != nil {
+				return err
+			}
+			return edErr
+		},
+	}
+	f.register(cmd, "where to keep data (default: a new temporary directory)")
+	cmd.Flags().StringVar(&deviceID, "device-id", "local", "device id of the local edged")
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "label of the local device, KEY=VALUE (repeatable)")
+	cmd.Flags().StringVar(&podmanSocket, "podman-socket", "", "Podman API socket for the local edged (default: CONTAINER_HOST, else start one)")
+	cmd.Flags().BoolVar(&noEdged, "no-edged", false, "do not run a local edged")
+	return cmd
+}
