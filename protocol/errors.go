@@ -3,7 +3,6 @@ package protocol
 import (
 	"errors"
 	"fmt"
-	"sort"
 )
 
 // FieldError is one problem in a document, with the path of the field that
@@ -25,7 +24,7 @@ func fieldErr(path, format string, args ...any) error {
 }
 
 // FieldErrors flattens an error returned by a decoder or validator of this
-// package into its field errors, in path order. Errors that are not field
+// package into its field errors, in the order they were found. Errors that are not field
 // errors become a FieldError with an empty path.
 func FieldErrors(err error) []FieldError {
 	if err == nil {
@@ -48,6 +47,5 @@ func FieldErrors(err error) []FieldError {
 		out = append(out, FieldError{Message: e.Error()})
 	}
 	walk(err)
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out
 }

@@ -134,6 +134,9 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 		}
 		switch st.State {
 		case protocol.JobRunning, protocol.JobComplete:
+			if st.Type == protocol.JobBatch && st.State != protocol.JobComplete && st.Counts.Placed > 0 {
+				continue // a batch job is done when it completed
+			}
 			if st.Counts.Placed == 0 {
 				fmt.Fprintf(out, "Job %s is accepted, but no device is feasible yet: it will run on devices that become feasible\n", st.Job)
 				return nil

@@ -135,7 +135,11 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 					})
 				}()
 			}
-			fmt.Fprintf(out, "Try:           TETHER_BROKER=%s tether job run deploy/examples/hello.yaml\n", ep.MQTTURL())
+			try := "tether job run deploy/examples/hello.yaml"
+			if ep.MQTTURL() != "mqtt://127.0.0.1:1883" {
+				try = "tether --broker " + ep.MQTTURL() + " job run deploy/examples/hello.yaml"
+			}
+			fmt.Fprintf(out, "Try:           %s\n", try)
 			fmt.Fprintln(out, "Stop with Ctrl-C.")
 			<-cmd.Context().Done()
 			edErr := <-done
