@@ -25,17 +25,6 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func running(d *fake.Driver, device string) []driver.Instance {
-	var out []driver.Instance
-	list, _ := d.List(context.Background(), device)
-	for _, i := range list {
-		if i.State == driver.StateRunning {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
 type runningAgent struct {
 	a      *Agent
 	cancel context.CancelFunc
@@ -66,61 +55,118 @@ func (ra *runningAgent) stop() {
 	}
 }
 
-// TestOfflineBootRestartAndAdoption: with no broker at all, edged applies the
-// desired document it stored earlier, restarts a task that dies, and after
-// its own restart adopts the running workload without restarting it.
-func TestOfflineBootRestartAndAdoption(t *testing.T) {
+// scenario is what the offline-boot scenario needs from a runtime.
+type scenario struct {
+	device string
+	task   protocol.Task
+	// open returns a driver over the runtime; called again to simulate an
+	// edged restart while the workloads keep running.
+	open func() driver.Driver
+	// kill kills an instance behind edged's back.
+	kill func(driver.Instance)
+}
+
+func runningOf(t *testing.T, d driver.Driver, device string) []driver.Instance {
+	t.Helper()
+	list, err := d.List(context.Background(), device)
+	if err != nil {
+		t.Fatalf("list: %v", err)
+	}
+	var out []driver.Instance
+	for _, i := range list {
+		if i.State == driver.StateRunning {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// offlineBootScenario: with no broker at all, edged applies the desired
+// document it stored earlier, restarts a task that dies, and after its own
+// restart adopts the running workload without restarting it.
+func offlineBootScenario(t *testing.T, sc scenario) {
 	dir := t.TempDir()
 	st, err := openState(filepath.Join(dir, "edged.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	task := protocol.Task{Name: "app", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sleep", "infinity"}},
-		Restart: &protocol.RestartPolicy{Attempts: 3, Delay: protocol.Duration(50 * time.Millisecond), Interval: protocol.Duration(time.Minute), Mode: protocol.RestartFail}}
-	desired := protocol.Desired{Device: "d1", Generation: 7, Allocations: []protocol.Allocation{{ID: "j.g.0-abcdef", Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}}
+	alloc := "j.g.0-" + sc.device
+	desired := protocol.Desired{Device: sc.device, Generation: 7, Allocations: []protocol.Allocation{{ID: alloc, Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{sc.task}}}}
 	if err := st.putDesired(desired); err != nil {
 		t.Fatal(err)
 	}
 	st.close()
 
-	rt := fake.New(fake.Options{})
+	drv := sc.open()
 	cfg := Config{
-		DeviceID: "d1", Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{rt},
-		Resync: 100 * time.Millisecond, Log: zerolog.New(zerolog.NewTestWriter(t)),
+		DeviceID: sc.device, Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{drv},
+		Resync: 200 * time.Millisecond, StopTimeout: time.Second, Log: zerolog.New(zerolog.NewTestWriter(t)),
 	}
 	ra := startAgent(t, cfg)
-	eventually(t, "the stored workload to start offline", func() bool { return len(running(rt, "d1")) == 1 })
-	first := running(rt, "d1")[0]
-	if first.Labels[driver.LabelAlloc] != "j.g.0-abcdef" || first.Labels[driver.LabelSpec] != protocol.SpecHash(task) {
+	eventually(t, "the stored workload to start offline", func() bool { return len(runningOf(t, drv, sc.device)) == 1 })
+	first := runningOf(t, drv, sc.device)[0]
+	if first.Labels[driver.LabelAlloc] != alloc || first.Labels[driver.LabelSpec] != protocol.SpecHash(sc.task) || first.Labels[driver.LabelDevice] != sc.device {
 		t.Fatalf("labels %v", first.Labels)
 	}
 
-	if err := rt.Kill(first.Name, 137); err != nil {
-		t.Fatal(err)
-	}
+	sc.kill(first)
 	eventually(t, "the killed task to be restarted", func() bool {
-		r := running(rt, "d1")
+		r := runningOf(t, drv, sc.device)
 		return len(r) == 1 && r[0].ID != first.ID
 	})
-	second := running(rt, "d1")[0]
+	second := runningOf(t, drv, sc.device)[0]
 	ra.stop()
 
 	// edged restarts; the workload kept running meanwhile.
-	cfg.Drivers = []driver.Driver{rt.Reopen()}
+	drv = sc.open()
+	cfg.Drivers = []driver.Driver{drv}
 	ra = startAgent(t, cfg)
 	eventually(t, "three passes after the restart", func() bool { return ra.passes.Load() >= 3 })
-	r := running(rt, "d1")
-	if len(r) != 1 || r[0].ID != second.ID || !r[0].StartedAt.Equal(second.StartedAt) {
-		t.Fatalf("after edged restart: %+v, want the adopted %s untouched", r, second.ID)
+	all, err := drv.List(context.Background(), sc.device)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := len(rt.Instances()); n != 1 {
-		t.Fatalf("%d instances exist, want 1", n)
+	if len(all) != 1 || all[0].ID != second.ID || all[0].State != driver.StateRunning || !all[0].StartedAt.Equal(second.StartedAt) {
+		t.Fatalf("after edged restart: %+v, want only the adopted %s, untouched", all, second.ID)
 	}
+
+	// The desired state goes away: edged removes the workload.
+	st = ra.a.state
+	if err := st.putDesired(protocol.Desired{Device: sc.device, Generation: 8}); err != nil {
+		t.Fatal(err)
+	}
+	ra.a.wake()
+	eventually(t, "the workload to be removed", func() bool {
+		all, err := drv.List(context.Background(), sc.device)
+		return err == nil && len(all) == 0
+	})
 	ra.stop()
 	st, _ = openState(filepath.Join(dir, "edged.db"))
 	defer st.close()
 	recs, _ := st.tasks()
-	if rec := recs[taskKey("j.g.0-abcdef", "app")]; rec.Total != 1 {
-		t.Errorf("restart count after edged restart = %d, want 1", rec.Total)
+	if len(recs) != 0 {
+		t.Errorf("task records left for removed allocations: %v", recs)
 	}
+}
+
+func TestOfflineBootRestartAndAdoptionFake(t *testing.T) {
+	rt := fake.New(fake.Options{})
+	opened := false
+	offlineBootScenario(t, scenario{
+		device: "d1",
+		task: protocol.Task{Name: "app", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sleep", "infinity"}},
+			Restart: &protocol.RestartPolicy{Attempts: 3, Delay: protocol.Duration(50 * time.Millisecond), Interval: protocol.Duration(time.Minute), Mode: protocol.RestartFail}},
+		open: func() driver.Driver {
+			if !opened {
+				opened = true
+				return rt
+			}
+			return rt.Reopen()
+		},
+		kill: func(i driver.Instance) {
+			if err := rt.Kill(i.Name, 137); err != nil {
+				t.Fatal(err)
+			}
+		},
+	})
 }
