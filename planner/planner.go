@@ -240,7 +240,11 @@ func (p *Planner) reconcileOnce(ctx context.Context) error {
 	if err := p.publishDesired(ctx, snap, plan, now); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.publishStatus(ctx, heads, plan, now); err != nil {
+	statuses, err := p.publishStatus(ctx, heads, plan, now)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -373,11 +377,12 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan c
 	return errors.Join(errs...)
 }
 
-// publishStatus publishes the status of every job whose status changed.
-func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan core.Plan, now time.Time) error {
+// publishStatus publishes the status of every job whose status changed, and
+// returns every job's status.
+func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan core.Plan, now time.Time) ([]protocol.JobStatus, error) {
 	devs, err := p.cfg.Store.Devices()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	reported := map[string]map[string]protocol.AllocStatus{}
 	for _, d := range devs {
@@ -395,6 +400,7 @@ func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan
 		byJob[a.Job] = append(byJob[a.Job], a)
 	}
 	var errs []error
+	var all []protocol.JobStatus
 	for _, h := range heads {
 		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported)
 		if h.Latest > 0 {
@@ -402,6 +408,7 @@ func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan
 				st.Type = rec.Job.Type
 			}
 		}
+		all = append(all, st)
 		raw, _ := json.Marshal(st)
 		hash := protocol.Digest(raw)
 		if hash == h.StatusHash {
@@ -421,7 +428,61 @@ func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return all, errors.Join(errs...)
+}
+
+// publishSummary publishes the fleet overview when it changed.
+func (p *Planner) publishSummary(ctx context.Context, snap core.Snapshot, statuses []protocol.JobStatus, now time.Time) error {
+	sum := BuildSummary(snap.Devices, statuses)
+	raw, _ := json.Marshal(sum)
+	hash := protocol.Digest(raw)
+	last, err := p.cfg.Store.Meta("summary_hash")
+	if err != nil || last == hash {
+		return err
+	}
+	sum.UpdatedAt = now.UTC()
+	payload, _ := protocol.Encode(sum)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := p.cfg.Bus.Publish(pctx, p.cfg.Topics.FleetSummary(), payload, true, 1); err != nil {
+		return fmt.Errorf("publish fleet summary: %w", err)
+	}
+	return p.cfg.Store.SetMeta("summary_hash", hash)
+}
+
+// BuildSummary derives the fleet overview. UpdatedAt is left zero so that
+// equal summaries hash equal.
+func BuildSummary(devices []core.Device, statuses []protocol.JobStatus) protocol.FleetSummary {
+	sum := protocol.FleetSummary{Jobs: []protocol.JobBrief{}}
+	c := &sum.Devices
+	c.ByArch = map[string]int{}
+	c.ByLabel = map[string]map[string]int{}
+	for _, d := range devices {
+		c.Total++
+		switch d.Presence {
+		case protocol.Online:
+			c.Online++
+		case protocol.Offline:
+			c.Offline++
+		default:
+			c.Unknown++
+		}
+		if !d.HasFacts {
+			continue
+		}
+		c.ByArch[d.Facts.Arch]++
+		for k, v := range d.Facts.Labels {
+			if c.ByLabel[k] == nil {
+				c.ByLabel[k] = map[string]int{}
+			}
+			c.ByLabel[k][v]++
+		}
+	}
+	for _, st := range statuses {
+		sum.Jobs = append(sum.Jobs, protocol.JobBrief{Job: st.Job, Type: st.Type, Version: st.Version, State: st.State, Counts: st.Counts})
+	}
+	sort.Slice(sum.Jobs, func(i, j int) bool { return sum.Jobs[i].Job < sum.Jobs[j].Job })
+	return sum
 }
 
 // BuildStatus derives a job's status from its head, its groups' placement

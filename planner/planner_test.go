@@ -52,7 +52,7 @@ func newFixture(t *testing.T) *fixture {
 	f.obs = f.dial()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, filter := range []string{f.topics.Base() + "/devices/+/desired", f.topics.JobStatusFilter()} {
+	for _, filter := range []string{f.topics.Base() + "/devices/+/desired", f.topics.JobStatusFilter(), f.topics.FleetSummary()} {
 		if err := f.obs.Subscribe(ctx, filter, 1, func(m bus.Message) {
 			f.mu.Lock()
 			f.msgs[m.Topic] = append(f.msgs[m.Topic], m.Payload)
@@ -181,6 +181,10 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 		f.publish(f.topics.Reported(d.Device), rep)
 	}
 	wait(f, f.topics.JobStatus("web"), protocol.DecodeJobStatus, "running", func(s protocol.JobStatus) bool { return s.State == protocol.JobRunning && s.Counts.Running == 3 })
+	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the fleet summary", func(s protocol.FleetSummary) bool {
+		return s.Devices.Total == 2 && s.Devices.Online == 2 && s.Devices.ByArch["amd64"] == 2 &&
+			len(s.Jobs) == 1 && s.Jobs[0].State == protocol.JobRunning && s.Jobs[0].Counts.Running == 3
+	})
 
 	// An invalid document changes nothing: version 1 stays in force.
 	bad := `{"id":"web","groups":[{"name":"g","tasks":[{"name":"t","driver":"dokcer"}]}]}`
@@ -199,6 +203,7 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 	// A planner restart republishes nothing unchanged.
 	genA := f.count(f.topics.Desired("a"))
 	statusN := f.count(f.topics.JobStatus("web"))
+	summaryN := f.count(f.topics.FleetSummary())
 	f.stopPlanner()
 	f.startPlanner()
 	f.device("c", 100, 100, nil) // a sentinel: its first desired proves a full pass ran
@@ -209,6 +214,14 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 	if n := f.count(f.topics.JobStatus("web")); n != statusN {
 		t.Errorf("status republished after a restart: %d messages, had %d", n, statusN)
 	}
+	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the summary to count the new device", func(s protocol.FleetSummary) bool { return s.Devices.Total == 3 })
+	f.mu.Lock()
+	for _, raw := range f.msgs[f.topics.FleetSummary()][summaryN:] {
+		if s, err := protocol.DecodeFleetSummary(raw); err != nil || s.Devices.Total != 3 {
+			t.Errorf("unchanged summary republished after a restart: %s", raw)
+		}
+	}
+	f.mu.Unlock()
 
 	// Stopping the job empties the desired documents with a higher generation.
 	f.publish(f.topics.Job("web"), nil)

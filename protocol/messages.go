@@ -217,6 +217,45 @@ type AllocSummary struct {
 	Message string     `json:"message,omitempty"`
 }
 
+// FleetSummary is the planner's overview of the fleet, retained on the
+// fleet summary topic and republished when it changes.
+type FleetSummary struct {
+	Devices DeviceCounts `json:"devices"`
+	Jobs    []JobBrief   `json:"jobs"`
+	// UpdatedAt is when the content last changed.
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DeviceCounts counts devices by presence, architecture and label.
+type DeviceCounts struct {
+	Total   int `json:"total"`
+	Online  int `json:"online"`
+	Offline int `json:"offline"`
+	// Unknown counts devices with facts but no presence message yet.
+	Unknown int            `json:"unknown"`
+	ByArch  map[string]int `json:"by_arch,omitempty"`
+	// ByLabel counts devices per label value: ByLabel["site"]["berlin"].
+	ByLabel map[string]map[string]int `json:"by_label,omitempty"`
+}
+
+// JobBrief is one job in the fleet summary.
+type JobBrief struct {
+	Job     string          `json:"job"`
+	Type    JobType         `json:"type,omitempty"`
+	Version uint64          `json:"version"`
+	State   JobState        `json:"state"`
+	Counts  PlacementCounts `json:"counts"`
+}
+
+// DecodeFleetSummary reads a fleet summary.
+func DecodeFleetSummary(data []byte) (FleetSummary, error) {
+	var s FleetSummary
+	if err := decodeStrict(data, &s); err != nil {
+		return FleetSummary{}, err
+	}
+	return s, nil
+}
+
 // DecodeDesired reads and validates a desired document.
 func DecodeDesired(data []byte) (Desired, error) {
 	var d Desired

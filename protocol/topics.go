@@ -145,3 +145,8 @@ func (t Topics) Parse(topic string) (Kind, string, error) {
 }
 
 var allocPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// FleetSummary is the topic the planner publishes the fleet overview to
+// (retained), so that a dashboard need not read every device's messages to
+// draw it.
+func (t Topics) FleetSummary() string { return t.base() + "/fleet/summary" }

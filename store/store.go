@@ -78,6 +78,23 @@ func (s *Store) Schema() (int, error) {
 	return n, err
 }
 
+// Meta returns a small value the planner keeps between runs ("" if unset).
+func (s *Store) Meta(key string) (string, error) {
+	var v string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v = string(tx.Bucket(bucketMeta).Get([]byte("kv/" + key)))
+		return nil
+	})
+	return v, err
+}
+
+// SetMeta stores a small value under key.
+func (s *Store) SetMeta(key, value string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put([]byte("kv/"+key), []byte(value))
+	})
+}
+
 // JobRecord is one accepted version of a job.
 type JobRecord struct {
 	Version     uint64       `json:"version"`
