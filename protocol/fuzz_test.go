@@ -59,12 +59,13 @@ func fuzzDecoder[T any](f *testing.F, dec func([]byte) (T, error)) {
 	})
 }
 
-func FuzzDecodeDesired(f *testing.F)   { fuzzDecoder(f, DecodeDesired) }
-func FuzzDecodeReported(f *testing.F)  { fuzzDecoder(f, DecodeReported) }
-func FuzzDecodePresence(f *testing.F)  { fuzzDecoder(f, DecodePresence) }
-func FuzzDecodeFacts(f *testing.F)     { fuzzDecoder(f, DecodeFacts) }
-func FuzzDecodeEvent(f *testing.F)     { fuzzDecoder(f, DecodeEvent) }
-func FuzzDecodeJobStatus(f *testing.F) { fuzzDecoder(f, DecodeJobStatus) }
+func FuzzDecodeDesired(f *testing.F)      { fuzzDecoder(f, DecodeDesired) }
+func FuzzDecodeReported(f *testing.F)     { fuzzDecoder(f, DecodeReported) }
+func FuzzDecodePresence(f *testing.F)     { fuzzDecoder(f, DecodePresence) }
+func FuzzDecodeFacts(f *testing.F)        { fuzzDecoder(f, DecodeFacts) }
+func FuzzDecodeEvent(f *testing.F)        { fuzzDecoder(f, DecodeEvent) }
+func FuzzDecodeJobStatus(f *testing.F)    { fuzzDecoder(f, DecodeJobStatus) }
+func FuzzDecodeFleetSummary(f *testing.F) { fuzzDecoder(f, DecodeFleetSummary) }
 
 func FuzzParseTopic(f *testing.F) {
 	var tp Topics

@@ -30,6 +30,9 @@ func goldenMessages() map[string]any {
 		"facts": Facts{Device: "pi-07", Hostname: "pi", Arch: "arm64", OS: "linux", Kernel: "6.1.0", CPUCores: 4, CPUMHz: 6000,
 			MemoryMB: 3900, Drivers: []string{"exec", "podman"}, Labels: map[string]string{"site": "berlin"}},
 		"event": Event{Device: "pi-07", Seq: 17, Time: at, Type: EventRestarting, Alloc: "hello.web.0-abc123", Job: "hello", Task: "httpd", ExitCode: intp(137), Message: "exited with code 137"},
+		"fleetsummary": FleetSummary{Devices: DeviceCounts{Total: 3, Online: 2, Offline: 1, ByArch: map[string]int{"amd64": 1, "arm64": 2},
+			ByLabel: map[string]map[string]int{"site": {"berlin": 2, "paris": 1}}},
+			Jobs: []JobBrief{{Job: "hello", Type: JobService, Version: 2, State: JobRunning, Counts: PlacementCounts{Desired: 2, Placed: 2, Running: 2}}}, UpdatedAt: at},
 		"jobstatus": JobStatus{Job: "hello", State: JobRunning, Version: 2, Type: JobService, Submission: "ab12",
 			Groups: []GroupStatus{{Name: "web", Desired: 2, Placed: 1, Unplaced: "1 of 2 instances unplaced: 0 of 1 devices feasible: 1 lack driver podman"}},
 			Allocs: []AllocSummary{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07", Version: 2, State: AllocRunning}},
@@ -39,12 +42,13 @@ func goldenMessages() map[string]any {
 
 func TestGolden(t *testing.T) {
 	decoders := map[string]func([]byte) (any, error){
-		"desired":   func(b []byte) (any, error) { return DecodeDesired(b) },
-		"reported":  func(b []byte) (any, error) { return DecodeReported(b) },
-		"presence":  func(b []byte) (any, error) { return DecodePresence(b) },
-		"facts":     func(b []byte) (any, error) { return DecodeFacts(b) },
-		"event":     func(b []byte) (any, error) { return DecodeEvent(b) },
-		"jobstatus": func(b []byte) (any, error) { return DecodeJobStatus(b) },
+		"desired":      func(b []byte) (any, error) { return DecodeDesired(b) },
+		"reported":     func(b []byte) (any, error) { return DecodeReported(b) },
+		"presence":     func(b []byte) (any, error) { return DecodePresence(b) },
+		"facts":        func(b []byte) (any, error) { return DecodeFacts(b) },
+		"event":        func(b []byte) (any, error) { return DecodeEvent(b) },
+		"jobstatus":    func(b []byte) (any, error) { return DecodeJobStatus(b) },
+		"fleetsummary": func(b []byte) (any, error) { return DecodeFleetSummary(b) },
 	}
 	for name, msg := range goldenMessages() {
 		t.Run(name, func(t *testing.T) {
