@@ -49,8 +49,8 @@ type Config struct {
 	// KeepAlive defaults to 30s; ConnectTimeout to 10s.
 	KeepAlive      time.Duration
 	ConnectTimeout time.Duration
-	// OnConnect runs on the dispatch goroutine after every (re)connect,
-	// after subscriptions were renewed.
+	// OnConnect runs on the dispatch goroutine after every (re)connect; the
+	// renewal of subscriptions runs concurrently with it.
 	OnConnect func()
 	// OnConnectionLost runs on the dispatch goroutine when the link drops.
 	OnConnectionLost func(error)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,10 @@ type Agent struct {
 	outKick chan struct{}
 	lastRep []byte // last report content (without time) handed to the outbox
 
+	// refusal explains the last desired document refused as stale; it is
+	// reported until a newer one is applied. Worker only.
+	refusal string
+
 	// afterPass, if set, runs on the worker after every pass (tests).
 	afterPass func()
 }
@@ -82,6 +87,14 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("data dir: required")
+	}
+	if len(cfg.Brokers) == 0 {
+		return nil, errors.New("brokers: at least one broker URL is required")
+	}
+	for _, b := range cfg.Brokers {
+		if _, err := bus.NormalizeURL(b); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Resync == 0 {
 		cfg.Resync = 10 * time.Second
@@ -180,7 +193,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if c != nil {
 		// A clean goodbye: the broker does not send the last will after a
 		// DISCONNECT, so say offline ourselves.
-		off, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: time.Now().UTC(), Version: a.cfg.Version})
+		now := time.Now().UTC()
+		off, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: &now, Version: a.cfg.Version})
 		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = c.Publish(pctx, a.cfg.Topics.Presence(a.cfg.DeviceID), off, true, 1)
 		cancel()
@@ -193,7 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // connect dials the broker in the background, for as long as it takes.
 func (a *Agent) connect(ctx context.Context) {
 	t := a.cfg.Topics
-	will, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: time.Now().UTC(), Version: a.cfg.Version})
+	will, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Version: a.cfg.Version})
 	var client *bus.Client
 	cfg := bus.Config{
 		Brokers:      a.cfg.Brokers,
@@ -205,7 +219,8 @@ func (a *Agent) connect(ctx context.Context) {
 		Log:          a.log,
 		OnConnect: func() {
 			a.log.Info().Msg("connected to broker")
-			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: time.Now().UTC(), Version: a.cfg.Version})
+			now := time.Now().UTC()
+			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: &now, Version: a.cfg.Version})
 			a.mu.Lock()
 			a.outbox.presence = birth
 			// The retained report may be gone or stale on the broker's
@@ -216,35 +231,52 @@ func (a *Agent) connect(ctx context.Context) {
 			a.wakeOut()
 		},
 	}
+	backoff := time.Second
 	for ctx.Err() == nil {
 		c, err := bus.Dial(ctx, cfg)
-		if err != nil {
-			if ctx.Err() == nil {
-				a.log.Warn().Err(err).Msg("connect failed; retrying")
-			}
-			continue
+		if err == nil {
+			client = c
+			break
 		}
-		client = c
-		break
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn().Err(err).Dur("retry_in", backoff).Msg("connect failed")
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
 	}
 	if client == nil {
 		return
-	}
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := client.Subscribe(sctx, t.Desired(a.cfg.DeviceID), 1, func(m bus.Message) {
-		a.mu.Lock()
-		a.inbox = append(a.inbox, m.Payload)
-		a.mu.Unlock()
-		a.wake()
-	})
-	cancel()
-	if err != nil {
-		a.log.Warn().Err(err).Msg("subscribe desired; will retry on reconnect")
 	}
 	a.mu.Lock()
 	a.client = client
 	a.mu.Unlock()
 	a.wakeOut()
+	// Subscribe until the broker accepts; a refused or timed-out subscribe
+	// must not leave edged connected but deaf.
+	handler := func(m bus.Message) {
+		a.mu.Lock()
+		a.inbox = append(a.inbox, m.Payload)
+		a.mu.Unlock()
+		a.wake()
+	}
+	for backoff = time.Second; ctx.Err() == nil; backoff = min(2*backoff, 30*time.Second) {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := client.Subscribe(sctx, t.Desired(a.cfg.DeviceID), 1, handler)
+		cancel()
+		if err == nil {
+			return
+		}
+		a.log.Warn().Err(err).Dur("retry_in", backoff).Msg("subscribe to desired state failed")
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+	}
 }
 
 // publishLoop sends the outbox whenever the link is up.
@@ -376,9 +408,11 @@ func (a *Agent) takeInbox() {
 		if cur != nil && d.Generation <= cur.Generation {
 			if d.Generation < cur.Generation {
 				a.log.Warn().Uint64("generation", d.Generation).Uint64("applied", cur.Generation).Msg("refusing stale desired document")
+				a.refusal = fmt.Sprintf("refused desired generation %d: older than the applied generation %d", d.Generation, cur.Generation)
 			}
 			continue
 		}
+		a.refusal = ""
 		if err := a.state.putDesired(d); err != nil {
 			a.log.Error().Err(err).Msg("store desired")
 			continue
@@ -484,7 +518,11 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 
 // report queues the observed state (when it changed) and the events.
 func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, events []pendingEvent, now time.Time) {
-	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: buildReport(desired, obs, recs, listed, now)}
+	configured := map[string]bool{}
+	for name := range a.drivers {
+		configured[name] = true
+	}
+	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: buildReport(desired, obs, recs, listed, configured, now)}
 	if desired != nil {
 		rep.ObservedGeneration = desired.Generation
 	}
@@ -498,10 +536,15 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 			}
 		}
 	}
+	var problems []string
 	if len(missing) > 0 {
 		sort.Strings(missing)
-		rep.Error = "drivers not available on this device: " + fmt.Sprint(compact(missing))
+		problems = append(problems, "drivers not available on this device: "+strings.Join(compact(missing), ", "))
 	}
+	if a.refusal != "" {
+		problems = append(problems, a.refusal)
+	}
+	rep.Error = strings.Join(problems, "; ")
 	content, _ := json.Marshal(rep)
 	var seq uint64
 	if len(events) > 0 {

@@ -54,6 +54,19 @@ type diffResult struct {
 
 func taskKey(alloc, task string) string { return alloc + "/" + task }
 
+// instanceHash identifies what an instance was created from. For service
+// and system tasks it is the task spec alone, so a new job version that
+// leaves a task unchanged does not restart it. A batch task runs once per
+// job version, so its version is part of the identity: a new version (an
+// update, or the job stopped and run again) runs it again.
+func instanceHash(a protocol.Allocation, t protocol.Task) string {
+	h := protocol.SpecHash(t)
+	if a.Type == protocol.JobBatch {
+		h += fmt.Sprintf("-v%d", a.JobVersion)
+	}
+	return h
+}
+
 func instanceName(alloc, task string) string { return "tether-" + alloc + "-" + task }
 
 // diff compares the desired document with what the drivers report and the
@@ -74,7 +87,7 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 		for _, a := range desired.Allocations {
 			for _, t := range a.Tasks {
 				k := taskKey(a.ID, t.Name)
-				wants[k] = want{alloc: a, task: t, hash: protocol.SpecHash(t)}
+				wants[k] = want{alloc: a, task: t, hash: instanceHash(a, t)}
 				keys = append(keys, k)
 			}
 		}
@@ -97,8 +110,11 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 	for _, k := range keys {
 		w := wants[k]
 		rec, ok := recs[k]
-		if !ok || rec.SpecHash != w.hash {
-			rec = taskRecord{SpecHash: w.hash} // a new spec gets a fresh restart budget
+		if !ok || rec.SpecHash != w.hash || rec.JobVersion != w.alloc.JobVersion {
+			// A new spec or job version gets a fresh record: a job that was
+			// stopped and run again (a new version) runs again even if this
+			// device never saw the stop.
+			rec = taskRecord{SpecHash: w.hash, JobVersion: w.alloc.JobVersion}
 		}
 		ev := func(t protocol.EventType, code *int, msg string) {
 			res.Events = append(res.Events, pendingEvent{Type: t, Alloc: w.alloc.ID, Job: w.alloc.Job, Task: w.task.Name, ExitCode: code, Message: msg})
@@ -132,23 +148,41 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 			continue
 		}
 		if inst != nil {
-			switch inst.State {
-			case driver.StateRunning:
+			switch {
+			case inst.State == driver.StateRunning:
 				rec.StartedAt = inst.StartedAt
 				rec.NextStart = time.Time{}
 				res.Tasks[k] = rec
 				continue
+			case inst.State == driver.StateCreated:
+				// Created but never started: the leftover of a failed start
+				// (already charged to the restart budget when Start failed)
+				// or of an interrupted one. Remove it; a fresh one starts
+				// when the restart delay allows.
+				res.Actions = append(res.Actions, action{Kind: actRemove, Driver: inst.Driver, Key: k, ID: inst.ID, Reason: "never started"})
+				if rec.NextStart.After(now) {
+					res.Wake = earliest(res.Wake, rec.NextStart)
+				}
+				res.Tasks[k] = rec
+				continue
+			case inst.ID == rec.Seen:
+				// This exit was already charged; the removal failed last
+				// time. Retry it without charging again.
+				res.Actions = append(res.Actions, action{Kind: actRemove, Driver: inst.Driver, Key: k, ID: inst.ID, Reason: "restarting"})
+				if rec.NextStart.After(now) {
+					res.Wake = earliest(res.Wake, rec.NextStart)
+				}
+				res.Tasks[k] = rec
+				continue
 			default:
 				code := inst.ExitCode
+				rec.Seen = inst.ID
 				rec.ExitCode = &code
 				rec.FinishedAt = inst.FinishedAt
 				if rec.FinishedAt.IsZero() {
 					rec.FinishedAt = now
 				}
 				rec.Message = fmt.Sprintf("exited with code %d", code)
-				if inst.State == driver.StateCreated {
-					rec.Message = "created but never started"
-				}
 				ev(protocol.EventExited, &code, rec.Message)
 				next := onExit(&rec, w.alloc.Type, policy(w.task, w.alloc.Type), code, now)
 				ev(next, nil, rec.Message)
@@ -243,7 +277,7 @@ func onExit(rec *taskRecord, typ protocol.JobType, p protocol.RestartPolicy, cod
 
 // buildReport derives the observed state of every desired allocation from
 // what the drivers report after a pass and the task records.
-func buildReport(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, now time.Time) []protocol.AllocStatus {
+func buildReport(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed, configured map[string]bool, now time.Time) []protocol.AllocStatus {
 	out := []protocol.AllocStatus{}
 	if desired == nil {
 		return out
@@ -272,9 +306,13 @@ func buildReport(desired *protocol.Desired, obs []observed, recs map[string]task
 			}
 			inst, isRunning := running[k]
 			switch {
-			case !listed[t.Driver]:
+			case !configured[t.Driver]:
 				ts.State = protocol.TaskPending
 				ts.Message = fmt.Sprintf("driver %s is not available on this device", t.Driver)
+			case !listed[t.Driver]:
+				// The runtime did not answer this pass; keep what is known.
+				ts.State = protocol.TaskPending
+				ts.Message = fmt.Sprintf("driver %s did not answer", t.Driver)
 			case rec.Complete:
 				ts.State = protocol.TaskComplete
 				nComplete++

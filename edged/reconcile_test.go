@@ -1,6 +1,7 @@
 package edged
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -16,13 +17,22 @@ func svcTask(name string) protocol.Task {
 }
 
 func desiredWith(typ protocol.JobType, tasks ...protocol.Task) *protocol.Desired {
-	return &protocol.Desired{Device: "d", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-aaaaaa", Job: "j", JobVersion: 1, Group: "g", Type: typ, Tasks: tasks}}}
+	return desiredV(typ, 1, tasks...)
+}
+
+func desiredV(typ protocol.JobType, version uint64, tasks ...protocol.Task) *protocol.Desired {
+	return &protocol.Desired{Device: "d", Generation: version, Allocations: []protocol.Allocation{{ID: "j.g.0-aaaaaa", Job: "j", JobVersion: version, Group: "g", Type: typ, Tasks: tasks}}}
 }
 
 func inst(task protocol.Task, state driver.State, code int) observed {
+	return instOf(desiredWith(protocol.JobService, task), task, state, code)
+}
+
+// instOf is an instance created from task of the first allocation of d.
+func instOf(d *protocol.Desired, task protocol.Task, state driver.State, code int) observed {
 	return observed{Driver: "podman", Instance: driver.Instance{
 		ID: "c-" + task.Name, Name: instanceName("j.g.0-aaaaaa", task.Name), State: state, ExitCode: code, StartedAt: t0.Add(-time.Hour),
-		Labels: map[string]string{driver.LabelAlloc: "j.g.0-aaaaaa", driver.LabelTask: task.Name, driver.LabelJob: "j", driver.LabelSpec: protocol.SpecHash(task), driver.LabelDevice: "d"},
+		Labels: map[string]string{driver.LabelAlloc: "j.g.0-aaaaaa", driver.LabelTask: task.Name, driver.LabelJob: "j", driver.LabelSpec: instanceHash(d.Allocations[0], task), driver.LabelDevice: "d"},
 	}}
 }
 
@@ -86,13 +96,15 @@ func TestDiffRestartPolicy(t *testing.T) {
 	now := t0
 	// Two restarts are allowed within the interval; the third exit fails.
 	for i := 1; i <= 3; i++ {
-		res := diff("d", d, []observed{inst(a, driver.StateExited, 137)}, recs, listed, now)
+		dead := inst(a, driver.StateExited, 137)
+		dead.ID = fmt.Sprintf("c-%d", i) // every restart is a new instance
+		res := diff("d", d, []observed{dead}, recs, listed, now)
 		rec := res.Tasks[taskKey("j.g.0-aaaaaa", "a")]
 		if i <= 2 {
 			if rec.Restarts != i || rec.Failed || !rec.NextStart.Equal(now.Add(time.Second)) || res.Wake.IsZero() {
 				t.Fatalf("exit %d: rec = %+v wake %v", i, rec, res.Wake)
 			}
-			if got := kinds(res.Actions); len(got) != 1 || got[0] != "remove:c-a:restarting" {
+			if got := kinds(res.Actions); len(got) != 1 || got[0] != "remove:"+dead.ID+":restarting" {
 				t.Fatalf("exit %d: actions %v", i, got)
 			}
 			// Before the delay nothing starts; after it, a new instance does.
@@ -106,7 +118,7 @@ func TestDiffRestartPolicy(t *testing.T) {
 			if !rec.Failed || len(res.Actions) != 0 {
 				t.Fatalf("third exit: rec = %+v actions %v", rec, kinds(res.Actions))
 			}
-			rep := buildReport(d, nil, res.Tasks, listed, now)
+			rep := buildReport(d, nil, res.Tasks, listed, listed, now)
 			if rep[0].State != protocol.AllocFailed || rep[0].Tasks[0].State != protocol.TaskFailed {
 				t.Fatalf("report %+v", rep)
 			}
@@ -142,7 +154,7 @@ func TestOnExitDelayModeAndWindow(t *testing.T) {
 func TestBatchCompletesOnce(t *testing.T) {
 	a := svcTask("a")
 	d := desiredWith(protocol.JobBatch, a)
-	res := diff("d", d, []observed{inst(a, driver.StateExited, 0)}, nil, listed, t0)
+	res := diff("d", d, []observed{instOf(d, a, driver.StateExited, 0)}, nil, listed, t0)
 	rec := res.Tasks[taskKey("j.g.0-aaaaaa", "a")]
 	if !rec.Complete || len(res.Actions) != 0 {
 		t.Fatalf("rec %+v actions %v", rec, kinds(res.Actions))
@@ -151,7 +163,7 @@ func TestBatchCompletesOnce(t *testing.T) {
 	if r := diff("d", d, nil, res.Tasks, listed, t0.Add(time.Hour)); len(r.Actions) != 0 {
 		t.Fatalf("batch rerun: %v", kinds(r.Actions))
 	}
-	rep := buildReport(d, nil, res.Tasks, listed, t0)
+	rep := buildReport(d, nil, res.Tasks, listed, listed, t0)
 	if rep[0].State != protocol.AllocComplete {
 		t.Fatalf("report %+v", rep)
 	}
@@ -168,8 +180,84 @@ func TestDiffLeavesUnlistedDriverAlone(t *testing.T) {
 	if len(res.Actions) != 0 {
 		t.Fatalf("acted on a driver that did not answer: %v", kinds(res.Actions))
 	}
-	rep := buildReport(desiredWith(protocol.JobService, a), nil, res.Tasks, map[string]bool{}, t0)
-	if rep[0].State != protocol.AllocPending || rep[0].Tasks[0].Message == "" {
+	rep := buildReport(desiredWith(protocol.JobService, a), nil, res.Tasks, map[string]bool{}, listed, t0)
+	if rep[0].State != protocol.AllocPending || rep[0].Tasks[0].Message != "driver podman did not answer" {
 		t.Fatalf("report %+v", rep)
+	}
+	rep = buildReport(desiredWith(protocol.JobService, a), nil, res.Tasks, map[string]bool{}, map[string]bool{}, t0)
+	if rep[0].Tasks[0].Message != "driver podman is not available on this device" {
+		t.Fatalf("report %+v", rep)
+	}
+}
+
+// TestStartFailureChargedOnce: a failed start leaves a created instance
+// behind (as Podman does). It is removed, not counted as a second exit, and
+// a batch task that never ran is never complete.
+func TestStartFailureChargedOnce(t *testing.T) {
+	for _, typ := range []protocol.JobType{protocol.JobBatch, protocol.JobService} {
+		a := svcTask("a")
+		d := desiredWith(typ, a)
+		// The worker charged the failed start: one restart, next start in 1s.
+		rec := taskRecord{SpecHash: instanceHash(d.Allocations[0], a), JobVersion: 1}
+		onExit(&rec, typ, policy(a, typ), -1, t0)
+		recs := map[string]taskRecord{taskKey("j.g.0-aaaaaa", "a"): rec}
+		res := diff("d", d, []observed{instOf(d, a, driver.StateCreated, 0)}, recs, listed, t0.Add(10*time.Millisecond))
+		got := res.Tasks[taskKey("j.g.0-aaaaaa", "a")]
+		if got.Complete || got.Failed || got.Restarts != 1 {
+			t.Fatalf("%s: record after a failed start = %+v", typ, got)
+		}
+		if k := kinds(res.Actions); len(k) != 1 || k[0] != "remove:c-a:never started" {
+			t.Fatalf("%s: actions %v", typ, k)
+		}
+		if len(res.Events) != 0 {
+			t.Fatalf("%s: events for a created instance: %+v", typ, res.Events)
+		}
+	}
+}
+
+// TestExitChargedOnceWhenRemoveFails: an exited instance whose removal
+// failed is seen again on the next pass; it must not be charged again.
+func TestExitChargedOnceWhenRemoveFails(t *testing.T) {
+	a := svcTask("a")
+	d := desiredWith(protocol.JobService, a)
+	dead := inst(a, driver.StateExited, 1)
+	res := diff("d", d, []observed{dead}, nil, listed, t0)
+	res2 := diff("d", d, []observed{dead}, res.Tasks, listed, t0.Add(100*time.Millisecond))
+	rec := res2.Tasks[taskKey("j.g.0-aaaaaa", "a")]
+	if rec.Restarts != 1 || len(res2.Events) != 0 {
+		t.Fatalf("charged twice: %+v, events %+v", rec, res2.Events)
+	}
+	if k := kinds(res2.Actions); len(k) != 1 || k[0] != "remove:c-a:restarting" {
+		t.Fatalf("removal not retried: %v", k)
+	}
+}
+
+// TestNewVersionGetsFreshRecord: a job stopped and run again (a new
+// version, same spec) while this device was away must run again: a batch
+// task that completed in version 1 runs in version 2, a failed service
+// task starts again, and a running service task is left alone.
+func TestNewVersionGetsFreshRecord(t *testing.T) {
+	a := svcTask("a")
+	k := taskKey("j.g.0-aaaaaa", "a")
+	v1 := desiredV(protocol.JobBatch, 1, a)
+	done := diff("d", v1, []observed{instOf(v1, a, driver.StateExited, 0)}, nil, listed, t0)
+	if !done.Tasks[k].Complete {
+		t.Fatal("v1 not complete")
+	}
+	v2 := desiredV(protocol.JobBatch, 2, a)
+	res := diff("d", v2, []observed{instOf(v1, a, driver.StateExited, 0)}, done.Tasks, listed, t0)
+	if got := kinds(res.Actions); len(got) != 2 || got[0] != "remove:c-a:spec changed" || got[1] != "start:tether-j.g.0-aaaaaa-a" {
+		t.Fatalf("batch v2: %v", got)
+	}
+
+	s1 := desiredV(protocol.JobService, 1, a)
+	failed := map[string]taskRecord{k: {SpecHash: instanceHash(s1.Allocations[0], a), JobVersion: 1, Failed: true}}
+	s2 := desiredV(protocol.JobService, 2, a)
+	if got := kinds(diff("d", s2, nil, failed, listed, t0).Actions); len(got) != 1 || got[0] != "start:tether-j.g.0-aaaaaa-a" {
+		t.Fatalf("failed service not started for v2: %v", got)
+	}
+	running := instOf(s1, a, driver.StateRunning, 0)
+	if got := kinds(diff("d", s2, []observed{running}, nil, listed, t0).Actions); len(got) != 0 {
+		t.Fatalf("running service restarted by a version bump with the same spec: %v", got)
 	}
 }

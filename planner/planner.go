@@ -158,13 +158,9 @@ func (p *Planner) apply(m bus.Message) {
 			log.Warn().Err(err).Msg("ignoring invalid report")
 			return
 		}
-		p.updateDevice(id, func(d *store.DeviceRecord) {
-			// Reports are retained; an older one must never win over a newer.
-			if d.Reported != nil && r.Time.Before(d.Reported.Time) {
-				return
-			}
-			d.Reported = &r
-		})
+		// The broker delivers one device's reports in order; the device's
+		// clock is not trusted to order them (it may be far off).
+		p.updateDevice(id, func(d *store.DeviceRecord) { d.Reported = &r })
 	}
 }
 
@@ -322,12 +318,23 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan c
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
+	records, err := p.cfg.Store.Devices()
+	if err != nil {
+		return err
+	}
+	current := map[string]store.DeviceRecord{}
+	for _, r := range records {
+		current[r.ID] = r
+	}
 	var errs []error
 	for _, id := range ids {
 		allocs := byDevice[id]
 		sort.Slice(allocs, func(i, j int) bool { return allocs[i].ID < allocs[j].ID })
 		raw, _ := json.Marshal(allocs)
 		hash := protocol.Digest(raw)
+		if r, ok := current[id]; ok && r.DesiredHash == hash && r.Desired != nil && r.Published {
+			continue // unchanged and delivered: no write, no publish
+		}
 		var doc *protocol.Desired
 		err := p.cfg.Store.UpdateDevice(id, func(d *store.DeviceRecord) error {
 			if d.DesiredHash == hash && d.Desired != nil {
@@ -491,11 +498,11 @@ func BuildSummary(devices []core.Device, statuses []protocol.JobStatus) protocol
 func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.Alloc, reported map[string]map[string]protocol.AllocStatus) protocol.JobStatus {
 	st := protocol.JobStatus{Job: h.ID, Version: h.Latest, Submission: h.LastDigest, Errors: h.LastErrors}
 	switch {
-	case h.Latest == 0:
-		st.State = protocol.JobInvalid
-		return st
 	case h.Stopped:
 		st.State = protocol.JobStopped
+		return st
+	case h.Latest == 0:
+		st.State = protocol.JobInvalid
 		return st
 	}
 	st.Groups = groups

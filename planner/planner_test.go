@@ -116,7 +116,8 @@ func (f *fixture) publish(topic string, v any) {
 
 func (f *fixture) device(id string, mhz, mb int, labels map[string]string) {
 	f.publish(f.topics.Facts(id), protocol.Facts{Device: id, Arch: "amd64", OS: "linux", CPUCores: 2, CPUMHz: mhz, MemoryMB: mb, Drivers: []string{"exec", "podman"}, Labels: labels})
-	f.publish(f.topics.Presence(id), protocol.Presence{Device: id, Status: protocol.Online, Since: time.Now()})
+	now := time.Now()
+	f.publish(f.topics.Presence(id), protocol.Presence{Device: id, Status: protocol.Online, Since: &now})
 }
 
 func (f *fixture) count(topic string) int {
@@ -199,6 +200,10 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 	if !strings.Contains(protocol.FieldErrors(joinErrs(st.Errors))[0].Error(), "groups") && len(st.Errors) < 2 {
 		t.Errorf("errors %+v", st.Errors)
 	}
+
+	// Deleting a job that was never accepted clears it too.
+	f.publish(f.topics.Job("nope"), nil)
+	wait(f, f.topics.JobStatus("nope"), protocol.DecodeJobStatus, "the rejected job stopped", func(s protocol.JobStatus) bool { return s.State == protocol.JobStopped })
 
 	// A planner restart republishes nothing unchanged.
 	genA := f.count(f.topics.Desired("a"))

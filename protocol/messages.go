@@ -96,10 +96,13 @@ const (
 // Presence is a device's birth message and, with Status offline, its last
 // will. Both are retained.
 type Presence struct {
-	Device  string         `json:"device"`
-	Status  PresenceStatus `json:"status"`
-	Since   time.Time      `json:"since"`
-	Version string         `json:"version,omitempty"`
+	Device string         `json:"device"`
+	Status PresenceStatus `json:"status"`
+	// Since is when the status began, by the device's clock. The last will
+	// has none: it is written when the device connects, not when the broker
+	// sends it; receivers use the time they received it.
+	Since   *time.Time `json:"since,omitempty"`
+	Version string     `json:"version,omitempty"`
 }
 
 // Facts describe a device to the planner: what it is and what it can run.

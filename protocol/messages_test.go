@@ -26,7 +26,7 @@ func goldenMessages() map[string]any {
 		"reported": Reported{Device: "pi-07", ObservedGeneration: 4, Time: at, Allocations: []AllocStatus{
 			{ID: "hello.web.0-abc123", Job: "hello", JobVersion: 2, Group: "web", State: AllocRunning,
 				Tasks: []TaskStatus{{Name: "httpd", State: TaskRunning, Restarts: 1, ExitCode: intp(137), StartedAt: &at}}}}},
-		"presence": Presence{Device: "pi-07", Status: Online, Since: at, Version: "v0.1.0"},
+		"presence": Presence{Device: "pi-07", Status: Online, Since: &at, Version: "v0.1.0"},
 		"facts": Facts{Device: "pi-07", Hostname: "pi", Arch: "arm64", OS: "linux", Kernel: "6.1.0", CPUCores: 4, CPUMHz: 6000,
 			MemoryMB: 3900, Drivers: []string{"exec", "podman"}, Labels: map[string]string{"site": "berlin"}},
 		"event": Event{Device: "pi-07", Seq: 17, Time: at, Type: EventRestarting, Alloc: "hello.web.0-abc123", Job: "hello", Task: "httpd", ExitCode: intp(137), Message: "exited with code 137"},

@@ -56,7 +56,8 @@ type Server struct {
 	httpLn    net.Listener
 	endpoints Endpoints
 	cancel    context.CancelFunc
-	done      chan error
+	done      chan struct{} // closed when the planner stops
+	err       error         // why it stopped; read after done is closed
 }
 
 const plannerUser = "tether-planner"
@@ -70,7 +71,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, done: make(chan error, 1)}
+	s := &Server{cfg: cfg, log: cfg.Log, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -141,7 +142,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	})
 	pctx, pcancel := context.WithCancel(context.Background())
 	s.cancel = pcancel
-	go func() { s.done <- p.Run(pctx) }()
+	go func() {
+		s.err = p.Run(pctx)
+		if s.err != nil {
+			s.log.Error().Err(s.err).Msg("planner stopped")
+		}
+		close(s.done)
+	}()
 	ok = true
 	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
 	return s, nil
@@ -150,11 +157,31 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // Endpoints returns where the server listens.
 func (s *Server) Endpoints() Endpoints { return s.endpoints }
 
-// Wait returns when the planner stops (an error, or after Close).
-func (s *Server) Wait() error { return <-s.done }
+// Done is closed when the planner stops: after Close, or because it
+// failed (see Err).
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// Err says why the planner stopped; nil while it runs and after Close.
+func (s *Server) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+func (s *Server) plannerRunning() bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
+}
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
-	ok := s.client != nil && s.client.IsConnected()
+	ok := s.client != nil && s.client.IsConnected() && s.plannerRunning()
 	w.Header().Set("Content-Type", "application/json")
 	if !ok {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -167,7 +194,6 @@ func (s *Server) Close() error {
 	if s.cancel != nil {
 		s.cancel()
 		<-s.done
-		s.done <- nil // let a concurrent Wait return
 	}
 	return s.shutdown()
 }

@@ -149,7 +149,11 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 					fmt.Fprintf(errOut, "allocation %s on %s failed: %s\n", a.ID, a.Device, a.Message)
 				}
 			}
-			fmt.Fprintf(errOut, "Job %s is degraded\n", st.Job)
+			if st.Counts.Failed == 0 {
+				fmt.Fprintf(errOut, "Job %s is accepted as version %d, but not every instance can be placed (see above); it will be placed when devices allow\n", st.Job, st.Version)
+			} else {
+				fmt.Fprintf(errOut, "Job %s is degraded\n", st.Job)
+			}
 			return cli.ExitError{Code: 1}
 		case protocol.JobStopped:
 			fmt.Fprintf(errOut, "Job %s was stopped\n", st.Job)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/tether-edge/tether/edged"
 	"github.com/tether-edge/tether/internal/cli"
 	"github.com/tether-edge/tether/internal/version"
+	"github.com/tether-edge/tether/protocol"
 	"github.com/tether-edge/tether/server"
 )
 
@@ -57,8 +59,12 @@ func newServerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			printEndpoints(cmd, srv.Endpoints(), f.dataDir)
-			<-cmd.Context().Done()
-			return srv.Close()
+			select {
+			case <-cmd.Context().Done():
+			case <-srv.Done():
+			}
+			perr := srv.Err()
+			return errors.Join(perr, srv.Close())
 		},
 	}
 	f.register(cmd, "where the planner and broker keep their data (required)")
@@ -103,6 +109,9 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 			if err != nil {
 				return err
 			}
+			if err := protocol.ValidateID(deviceID); err != nil {
+				return fmt.Errorf("--device-id: %w", err)
+			}
 			if f.dataDir == "" {
 				if f.dataDir, err = os.MkdirTemp("", "tether-dev-"); err != nil {
 					return err
@@ -141,12 +150,23 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 			}
 			fmt.Fprintf(out, "Try:           %s\n", try)
 			fmt.Fprintln(out, "Stop with Ctrl-C.")
-			<-cmd.Context().Done()
-			edErr := <-done
-			if err := srv.Close(); err != nil {
-				return err
+			var edErr error
+			select {
+			case <-cmd.Context().Done():
+				edErr = <-done
+			case edErr = <-done:
+				if edErr == nil && !noEdged && cmd.Context().Err() == nil {
+					edErr = errors.New("the local edged stopped")
+				}
+				if noEdged {
+					select {
+					case <-cmd.Context().Done():
+					case <-srv.Done():
+					}
+				}
+			case <-srv.Done():
 			}
-			return edErr
+			return errors.Join(srv.Err(), edErr, srv.Close())
 		},
 	}
 	f.register(cmd, "where to keep data (default: a new temporary directory)")
