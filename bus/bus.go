@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net/url"
 	"strings"
 	"sync"
@@ -52,6 +53,10 @@ type Config struct {
 	// OnConnect runs on the dispatch goroutine after every (re)connect; the
 	// renewal of subscriptions runs concurrently with it.
 	OnConnect func()
+	// ReconnectJitter, when set, delays every reconnect attempt by a random
+	// time up to it, so that a fleet that lost its broker at once does not
+	// return at once.
+	ReconnectJitter time.Duration
 	// OnConnectionLost runs on the dispatch goroutine when the link drops.
 	OnConnectionLost func(error)
 	Log              zerolog.Logger
@@ -151,6 +156,11 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	opts.SetOrderMatters(true)
 	if cfg.Will != nil {
 		opts.SetBinaryWill(cfg.Will.Topic, cfg.Will.Payload, cfg.Will.QoS, cfg.Will.Retain)
+	}
+	if j := cfg.ReconnectJitter; j > 0 {
+		opts.SetReconnectingHandler(func(paho.Client, *paho.ClientOptions) {
+			time.Sleep(mrand.N(j))
+		})
 	}
 	connected := make(chan struct{})
 	var connectedOnce sync.Once

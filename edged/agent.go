@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -56,9 +57,15 @@ type Agent struct {
 	mu      sync.Mutex
 	inbox   [][]byte // desired payloads not yet processed
 	client  *bus.Client
-	outbox  outbox
+	slots   slots
 	outKick chan struct{}
-	lastRep []byte // last report content (without time) handed to the outbox
+	lastRep []byte // last report content (without time and seq) queued
+	epoch   string // of the local database's report and event stream
+
+	// connEpoch counts connections; a publish is acknowledged only if it
+	// completed on the connection it was sent on (paho #563: a token left
+	// from an earlier connection can complete without a PUBACK).
+	connEpoch atomic.Uint64
 
 	// refusal explains the last desired document refused as stale; it is
 	// reported until a newer one is applied. Worker only.
@@ -68,17 +75,17 @@ type Agent struct {
 	afterPass func()
 }
 
-// outbox holds what waits to be published. The report and presence are
-// coalesced (only the newest matters); events queue in order, bounded.
-type outbox struct {
-	report   []byte
+// slots hold presence and facts: retained, idempotent, and rebuilt at every
+// start, so they need no durable outbox. Reports and events go through the
+// outbox in edged.db.
+type slots struct {
 	facts    []byte
 	presence []byte
-	events   [][]byte
-	dropped  int
 }
 
-const maxQueuedEvents = 1000
+// maxQueuedEvents bounds the durable outbox; beyond it the oldest events are
+// dropped (and an events_dropped event says so). Reports are never dropped.
+const maxQueuedEvents = 10000
 
 // New opens edged's local state; Run starts it.
 func New(cfg Config) (*Agent, error) {
@@ -161,8 +168,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		facts.MemoryMB = a.cfg.MemoryMB
 	}
 	factsRaw, _ := protocol.Encode(facts)
+	epoch, err := a.state.epoch()
+	if err != nil {
+		return err
+	}
+	a.epoch = epoch
 	a.mu.Lock()
-	a.outbox.facts = factsRaw
+	a.slots.facts = factsRaw
 	a.mu.Unlock()
 
 	for _, d := range a.drivers {
@@ -217,12 +229,16 @@ func (a *Agent) connect(ctx context.Context) {
 		CleanSession: false,
 		Will:         &bus.Will{Topic: t.Presence(a.cfg.DeviceID), Payload: will, Retain: true, QoS: 1},
 		Log:          a.log,
+		// Spread the reconnects of a fleet that lost its server at once.
+		ReconnectJitter:  5 * time.Second,
+		OnConnectionLost: func(error) { a.connEpoch.Add(1) },
 		OnConnect: func() {
 			a.log.Info().Msg("connected to broker")
 			now := time.Now().UTC()
 			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: &now, Version: a.cfg.Version})
+			a.connEpoch.Add(1)
 			a.mu.Lock()
-			a.outbox.presence = birth
+			a.slots.presence = birth
 			// The retained report may be gone or stale on the broker's
 			// side; publish the current one again.
 			a.lastRep = nil
@@ -318,7 +334,7 @@ func (a *Agent) flush(ctx context.Context) error {
 	for _, slot := range []struct {
 		field *[]byte
 		topic string
-	}{{&a.outbox.presence, t.Presence(dev)}, {&a.outbox.facts, t.Facts(dev)}, {&a.outbox.report, t.Reported(dev)}} {
+	}{{&a.slots.presence, t.Presence(dev)}, {&a.slots.facts, t.Facts(dev)}} {
 		a.mu.Lock()
 		payload := *slot.field
 		a.mu.Unlock()
@@ -334,20 +350,29 @@ func (a *Agent) flush(ctx context.Context) error {
 		}
 		a.mu.Unlock()
 	}
+	// The durable outbox, in sequence order. An entry is deleted only when
+	// its publish completed on the connection it was sent on; otherwise it
+	// is sent again later, and receivers drop the duplicate by sequence.
 	for {
-		a.mu.Lock()
-		if len(a.outbox.events) == 0 {
-			a.mu.Unlock()
-			return nil
-		}
-		ev := a.outbox.events[0]
-		a.mu.Unlock()
-		if err := publish(t.Events(dev), ev, false); err != nil {
+		entries, err := a.state.pending(64)
+		if err != nil {
 			return err
 		}
-		a.mu.Lock()
-		a.outbox.events = a.outbox.events[1:]
-		a.mu.Unlock()
+		if len(entries) == 0 {
+			return nil
+		}
+		for _, e := range entries {
+			epoch := a.connEpoch.Load()
+			if err := publish(e.Topic, e.Payload, e.Retain); err != nil {
+				return err
+			}
+			if a.connEpoch.Load() != epoch || !c.IsConnected() {
+				return errors.New("connection changed while publishing; will send again")
+			}
+			if err := a.state.ack(e.Seq); err != nil {
+				return err
+			}
+		}
 	}
 }
 
@@ -546,34 +571,49 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 	}
 	rep.Error = strings.Join(problems, "; ")
 	content, _ := json.Marshal(rep)
-	var seq uint64
-	if len(events) > 0 {
-		var err error
-		if seq, err = a.state.nextSeq(len(events)); err != nil {
-			a.log.Error().Err(err).Msg("event sequence")
+	a.mu.Lock()
+	changed := !bytes.Equal(content, a.lastRep)
+	a.mu.Unlock()
+	dev := a.cfg.DeviceID
+	var items []outItem
+	if changed {
+		rep.Time = now.UTC()
+		rep.Epoch = a.epoch
+		items = append(items, outItem{Kind: outReport, Topic: a.cfg.Topics.Reported(dev), Retain: true, Build: func(seq uint64) ([]byte, error) {
+			r := rep
+			r.Seq = seq
+			return protocol.Encode(r)
+		}})
+	}
+	for _, e := range events {
+		a.log.Info().Str("event", string(e.Type)).Str("alloc", e.Alloc).Str("task", e.Task).Str("detail", e.Message).Msg("task event")
+		items = append(items, outItem{Kind: outEvent, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
+			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: now.UTC(), Type: e.Type, Alloc: e.Alloc, Job: e.Job, Task: e.Task, ExitCode: e.ExitCode, Message: e.Message})
+		}})
+	}
+	if len(items) == 0 {
+		return
+	}
+	dropped, err := a.state.enqueue(items, maxQueuedEvents)
+	if err != nil {
+		a.log.Error().Err(err).Msg("queue reports and events")
+		return
+	}
+	if dropped > 0 {
+		a.log.Warn().Int("dropped", dropped).Msg("outbox full; dropped the oldest events")
+		msg := fmt.Sprintf("outbox full: the %d oldest events were dropped", dropped)
+		if _, err := a.state.enqueue([]outItem{{Kind: outEvent, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
+			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: now.UTC(), Type: protocol.EventDropped, Message: msg})
+		}}}, maxQueuedEvents+1); err != nil {
+			a.log.Error().Err(err).Msg("queue events_dropped")
 		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	changed := !bytes.Equal(content, a.lastRep)
 	if changed {
+		a.mu.Lock()
 		a.lastRep = content
-		rep.Time = now.UTC()
-		a.outbox.report, _ = protocol.Encode(rep)
+		a.mu.Unlock()
 	}
-	for i, e := range events {
-		raw, _ := protocol.Encode(protocol.Event{Device: a.cfg.DeviceID, Seq: seq + uint64(i), Time: now.UTC(), Type: e.Type, Alloc: e.Alloc, Job: e.Job, Task: e.Task, ExitCode: e.ExitCode, Message: e.Message})
-		a.outbox.events = append(a.outbox.events, raw)
-		a.log.Info().Str("event", string(e.Type)).Str("alloc", e.Alloc).Str("task", e.Task).Str("detail", e.Message).Msg("task event")
-	}
-	if over := len(a.outbox.events) - maxQueuedEvents; over > 0 {
-		a.outbox.events = a.outbox.events[over:]
-		a.outbox.dropped += over
-		a.log.Warn().Int("dropped", over).Msg("event queue full; dropped the oldest events")
-	}
-	if changed || len(events) > 0 {
-		a.wakeOut()
-	}
+	a.wakeOut()
 }
 
 func compact(s []string) []string {

@@ -1,6 +1,9 @@
 package edged
 
 import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -14,11 +17,15 @@ import (
 const stateSchema = 1
 
 var (
-	bkMeta  = []byte("meta")
-	bkTasks = []byte("tasks")
-	kSchema = []byte("schema")
-	kDesire = []byte("desired")
-	kSeq    = []byte("event_seq")
+	bkMeta   = []byte("meta")
+	bkTasks  = []byte("tasks")
+	bkOutbox = []byte("outbox")
+	kSchema  = []byte("schema")
+	kDesire  = []byte("desired")
+	kSeq     = []byte("outbox_seq") // order of entries in the outbox
+	kEvSeq   = []byte("event_seq")  // Event.Seq: contiguous unless dropped
+	kRepSeq  = []byte("report_seq") // Reported.Seq
+	kEpoch   = []byte("epoch")
 )
 
 // taskRecord is what edged remembers of one task between passes and across
@@ -54,7 +61,7 @@ func openState(path string) (*localState, error) {
 		return nil, fmt.Errorf("open local state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bkMeta, bkTasks} {
+		for _, b := range [][]byte{bkMeta, bkTasks, bkOutbox} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -63,6 +70,18 @@ func openState(path string) (*localState, error) {
 		if v := m.Get(kSchema); v != nil {
 			if n, err := strconv.Atoi(string(v)); err != nil || n > stateSchema {
 				return fmt.Errorf("schema version %q not supported by this edged (max %d)", v, stateSchema)
+			}
+		}
+		if m.Get(kEpoch) == nil {
+			// The epoch names this database: sequence numbers restart at
+			// 1 only with a new epoch, so receivers can tell a new stream
+			// from a replay.
+			b := make([]byte, 8)
+			if _, err := rand.Read(b); err != nil {
+				return err
+			}
+			if err := m.Put(kEpoch, []byte(hex.EncodeToString(b))); err != nil {
+				return err
 			}
 		}
 		return m.Put(kSchema, []byte(strconv.Itoa(stateSchema)))
@@ -136,17 +155,144 @@ func (s *localState) putTasks(recs map[string]taskRecord) error {
 	})
 }
 
-// nextSeq reserves n event sequence numbers and returns the first.
-func (s *localState) nextSeq(n int) (uint64, error) {
-	var first uint64
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		m := tx.Bucket(bkMeta)
-		var cur uint64
-		if v := m.Get(kSeq); v != nil {
-			cur, _ = strconv.ParseUint(string(v), 10, 64)
-		}
-		first = cur + 1
-		return m.Put(kSeq, []byte(strconv.FormatUint(cur+uint64(n), 10)))
+// epoch returns the random name of this database's sequence stream.
+func (s *localState) epoch() (string, error) {
+	var e string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		e = string(tx.Bucket(bkMeta).Get(kEpoch))
+		return nil
 	})
-	return first, err
+	return e, err
+}
+
+// outKind says what an outbox entry is.
+type outKind string
+
+const (
+	outEvent  outKind = "event"
+	outReport outKind = "report"
+)
+
+// outEntry is one message in the outbox, in sequence order.
+type outEntry struct {
+	Seq     uint64  `json:"seq"`
+	Kind    outKind `json:"kind"`
+	Topic   string  `json:"topic"`
+	Retain  bool    `json:"retain"`
+	Payload []byte  `json:"payload"`
+}
+
+// outItem is what a caller adds: Build makes the payload once the message's
+// sequence number (per kind: events and reports count separately, so a
+// report replaced before it was sent leaves no gap among events) is known.
+type outItem struct {
+	Kind   outKind
+	Topic  string
+	Retain bool
+	Build  func(seq uint64) ([]byte, error)
+}
+
+func seqKey(seq uint64) []byte {
+	k := make([]byte, 8)
+	binary.BigEndian.PutUint64(k, seq)
+	return k
+}
+
+// enqueue adds items to the outbox in one transaction, so they survive a
+// power cut before they are sent. A new report replaces any report not yet
+// sent (reports are state: only the newest matters, and it is never
+// dropped). Beyond maxEvents queued events the oldest are dropped; enqueue
+// returns how many.
+func (s *localState) enqueue(items []outItem, maxEvents int) (dropped int, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		m, ob := tx.Bucket(bkMeta), tx.Bucket(bkOutbox)
+		counter := func(k []byte) uint64 {
+			n, _ := strconv.ParseUint(string(m.Get(k)), 10, 64)
+			return n
+		}
+		cur, evSeq, repSeq := counter(kSeq), counter(kEvSeq), counter(kRepSeq)
+		var events [][]byte
+		var reports [][]byte
+		c := ob.Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var e outEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("decode outbox entry: %w", err)
+			}
+			key := append([]byte(nil), k...)
+			if e.Kind == outReport {
+				reports = append(reports, key)
+			} else {
+				events = append(events, key)
+			}
+		}
+		for _, it := range items {
+			if it.Kind == outReport {
+				for _, k := range reports {
+					if err := ob.Delete(k); err != nil {
+						return err
+					}
+				}
+				reports = nil
+			}
+			cur++
+			msgSeq := &evSeq
+			if it.Kind == outReport {
+				msgSeq = &repSeq
+			}
+			*msgSeq++
+			payload, err := it.Build(*msgSeq)
+			if err != nil {
+				return err
+			}
+			raw, err := json.Marshal(outEntry{Seq: cur, Kind: it.Kind, Topic: it.Topic, Retain: it.Retain, Payload: payload})
+			if err != nil {
+				return err
+			}
+			if err := ob.Put(seqKey(cur), raw); err != nil {
+				return err
+			}
+			if it.Kind == outReport {
+				reports = append(reports, seqKey(cur))
+			} else {
+				events = append(events, seqKey(cur))
+			}
+		}
+		for len(events) > maxEvents {
+			if err := ob.Delete(events[0]); err != nil {
+				return err
+			}
+			events = events[1:]
+			dropped++
+		}
+		for k, v := range map[string]uint64{string(kSeq): cur, string(kEvSeq): evSeq, string(kRepSeq): repSeq} {
+			if err := m.Put([]byte(k), []byte(strconv.FormatUint(v, 10))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return dropped, err
+}
+
+// pending returns up to limit outbox entries, oldest first.
+func (s *localState) pending(limit int) ([]outEntry, error) {
+	var out []outEntry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bkOutbox).Cursor()
+		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+			var e outEntry
+			if err := json.Unmarshal(v, &e); err != nil {
+				return fmt.Errorf("decode outbox entry: %w", err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// ack removes an entry the broker acknowledged.
+func (s *localState) ack(seq uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bkOutbox).Delete(seqKey(seq)) })
 }

@@ -158,9 +158,16 @@ func (p *Planner) apply(m bus.Message) {
 			log.Warn().Err(err).Msg("ignoring invalid report")
 			return
 		}
-		// The broker delivers one device's reports in order; the device's
-		// clock is not trusted to order them (it may be far off).
-		p.updateDevice(id, func(d *store.DeviceRecord) { d.Reported = &r })
+		// Reports are ordered by their sequence number within the device's
+		// epoch, never by the device's clock (it may be far off). A report
+		// at or below the last one seen is a re-sent duplicate.
+		p.updateDevice(id, func(d *store.DeviceRecord) {
+			if old := d.Reported; old != nil && r.Epoch != "" && r.Epoch == old.Epoch && r.Seq <= old.Seq {
+				log.Debug().Uint64("seq", r.Seq).Uint64("last", old.Seq).Msg("duplicate report ignored")
+				return
+			}
+			d.Reported = &r
+		})
 	}
 }
 

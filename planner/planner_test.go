@@ -175,15 +175,27 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 
 	// Devices report everything running → the job is running.
 	for _, d := range []protocol.Desired{da, db} {
-		rep := protocol.Reported{Device: d.Device, ObservedGeneration: d.Generation, Time: time.Now()}
+		rep := protocol.Reported{Device: d.Device, Epoch: "e1", Seq: 5, ObservedGeneration: d.Generation, Time: time.Now()}
 		for _, al := range d.Allocations {
 			rep.Allocations = append(rep.Allocations, protocol.AllocStatus{ID: al.ID, Job: al.Job, JobVersion: al.JobVersion, Group: al.Group, State: protocol.AllocRunning})
 		}
 		f.publish(f.topics.Reported(d.Device), rep)
 	}
 	wait(f, f.topics.JobStatus("web"), protocol.DecodeJobStatus, "running", func(s protocol.JobStatus) bool { return s.State == protocol.JobRunning && s.Counts.Running == 3 })
+	// A re-sent older report (same epoch, lower seq) changes nothing, even
+	// with a later device clock.
+	stale := protocol.Reported{Device: da.Device, Epoch: "e1", Seq: 4, Time: time.Now().Add(time.Hour)}
+	for _, al := range da.Allocations {
+		stale.Allocations = append(stale.Allocations, protocol.AllocStatus{ID: al.ID, Job: al.Job, JobVersion: al.JobVersion, Group: al.Group, State: protocol.AllocFailed})
+	}
+	f.publish(f.topics.Reported(da.Device), stale)
+	f.device("sentinel0", 100, 100, nil)
+	wait(f, f.topics.Desired("sentinel0"), protocol.DecodeDesired, "desired for the sentinel", func(protocol.Desired) bool { return true })
+	if st := wait(f, f.topics.JobStatus("web"), protocol.DecodeJobStatus, "status", func(protocol.JobStatus) bool { return true }); st.State != protocol.JobRunning {
+		t.Fatalf("a stale report changed the status: %+v", st)
+	}
 	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the fleet summary", func(s protocol.FleetSummary) bool {
-		return s.Devices.Total == 2 && s.Devices.Online == 2 && s.Devices.ByArch["amd64"] == 2 &&
+		return s.Devices.Total == 3 && s.Devices.Online == 3 && s.Devices.ByArch["amd64"] == 3 &&
 			len(s.Jobs) == 1 && s.Jobs[0].State == protocol.JobRunning && s.Jobs[0].Counts.Running == 3
 	})
 
@@ -219,10 +231,10 @@ func TestPlannerPlacesReportsRestartsAndStops(t *testing.T) {
 	if n := f.count(f.topics.JobStatus("web")); n != statusN {
 		t.Errorf("status republished after a restart: %d messages, had %d", n, statusN)
 	}
-	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the summary to count the new device", func(s protocol.FleetSummary) bool { return s.Devices.Total == 3 })
+	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the summary to count the new device", func(s protocol.FleetSummary) bool { return s.Devices.Total == 4 })
 	f.mu.Lock()
 	for _, raw := range f.msgs[f.topics.FleetSummary()][summaryN:] {
-		if s, err := protocol.DecodeFleetSummary(raw); err != nil || s.Devices.Total != 3 {
+		if s, err := protocol.DecodeFleetSummary(raw); err != nil || s.Devices.Total != 4 {
 			t.Errorf("unchanged summary republished after a restart: %s", raw)
 		}
 	}

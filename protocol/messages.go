@@ -54,7 +54,13 @@ const (
 // Reported is a device's observed state, published retained by edged
 // whenever it changes.
 type Reported struct {
-	Device             string        `json:"device"`
+	Device string `json:"device"`
+	// Epoch and Seq place the report in the device's stream of reports and
+	// events: Seq increases within an Epoch (a new Epoch starts when edged's
+	// database is new). A receiver drops a report whose Seq is not above the
+	// last one it saw in the same Epoch: a re-sent duplicate or an old one.
+	Epoch              string        `json:"epoch,omitempty"`
+	Seq                uint64        `json:"seq,omitempty"`
 	ObservedGeneration uint64        `json:"observed_generation"`
 	Time               time.Time     `json:"time"`
 	Allocations        []AllocStatus `json:"allocations"`
@@ -142,12 +148,16 @@ const (
 	EventStopped    EventType = "stopped"
 	EventAdopted    EventType = "adopted"
 	EventDriverErr  EventType = "driver_error"
+	// EventDropped says the device's outbox was full and its oldest events
+	// were dropped (reports are never dropped).
+	EventDropped EventType = "events_dropped"
 )
 
 // Event is one task lifecycle event, published with QoS 1, not retained.
 // Seq increases per device so receivers can drop duplicates.
 type Event struct {
 	Device   string    `json:"device"`
+	Epoch    string    `json:"epoch,omitempty"`
 	Seq      uint64    `json:"seq"`
 	Time     time.Time `json:"time"`
 	Type     EventType `json:"type"`

@@ -1,0 +1,163 @@
+package edged
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-edge/tether/broker"
+	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/edged/driver"
+	"github.com/tether-edge/tether/edged/fake"
+	"github.com/tether-edge/tether/protocol"
+)
+
+// TestOutboxSurvivesRestartAndDeliversInOrder: events and reports produced
+// while no broker is reachable are kept in edged.db across an edged restart
+// (a power cut), and delivered in order, without gaps, once the broker is
+// there.
+func TestOutboxSurvivesRestartAndDeliversInOrder(t *testing.T) {
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	// Reserve a port for a broker that does not exist yet.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	dir := t.TempDir()
+	st, err := openState(filepath.Join(dir, "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A task that keeps crashing: every crash makes events.
+	task := protocol.Task{Name: "flaky", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sh", "-c", "sleep 0.05; exit 1"}},
+		Restart: &protocol.RestartPolicy{Attempts: 1000, Delay: protocol.Duration(10 * time.Millisecond), Interval: protocol.Duration(time.Hour), Mode: protocol.RestartFail}}
+	st.putDesired(protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-abcdef", Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
+	st.close()
+
+	rt := fake.New(fake.Options{})
+	cfg := Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, Log: log}
+	ra := startAgent(t, cfg)
+	queued := func() int {
+		e, _ := ra.a.state.pending(1 << 20)
+		return len(e)
+	}
+	eventually(t, "events to queue up offline", func() bool { return queued() >= 20 })
+	ra.stop() // power cut: nothing was sent
+
+	// The broker appears; an observer listens; edged starts again with a
+	// task that no longer crashes, so the stream ends.
+	b, err := broker.New(broker.Config{MQTTAddr: addr, AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	obs, err := bus.Dial(ctx, bus.Config{Brokers: []string{"mqtt://" + addr}, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer obs.Close()
+	var mu sync.Mutex
+	var events []protocol.Event
+	var reports []protocol.Reported
+	var topics protocol.Topics
+	obs.Subscribe(ctx, topics.Events("d1"), 1, func(m bus.Message) {
+		if e, err := protocol.DecodeEvent(m.Payload); err == nil {
+			mu.Lock()
+			events = append(events, e)
+			mu.Unlock()
+		}
+	})
+	obs.Subscribe(ctx, topics.Reported("d1"), 1, func(m bus.Message) {
+		if r, err := protocol.DecodeReported(m.Payload); err == nil {
+			mu.Lock()
+			reports = append(reports, r)
+			mu.Unlock()
+		}
+	})
+
+	ra = startAgent(t, cfg)
+	eventually(t, "the outbox to drain", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) >= 20 && len(reports) > 0
+	})
+	ra.stop()
+	mu.Lock()
+	defer mu.Unlock()
+	// Every event arrives once, in order, with contiguous sequence numbers
+	// from 1, in one epoch.
+	seqs := make([]uint64, len(events))
+	for i, e := range events {
+		seqs[i] = e.Seq
+		if e.Epoch == "" || e.Epoch != events[0].Epoch {
+			t.Fatalf("event %d has epoch %q, want %q", i, e.Epoch, events[0].Epoch)
+		}
+	}
+	if !sort.SliceIsSorted(seqs, func(i, j int) bool { return seqs[i] < seqs[j] }) {
+		t.Fatalf("events out of order: %v", seqs)
+	}
+	for i, s := range seqs {
+		if s != uint64(i+1) {
+			t.Fatalf("gap or duplicate at %d: seqs %v", i, seqs)
+		}
+	}
+	for i := 1; i < len(reports); i++ {
+		if reports[i].Seq <= reports[i-1].Seq {
+			t.Fatalf("reports out of order: %d after %d", reports[i].Seq, reports[i-1].Seq)
+		}
+	}
+}
+
+// TestOutboxBoundsEventsNeverReports: beyond the bound the oldest events go,
+// a report is never dropped, and a newer report replaces an unsent one.
+func TestOutboxBoundsEventsNeverReports(t *testing.T) {
+	st, err := openState(filepath.Join(t.TempDir(), "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	item := func(kind outKind, tag string) outItem {
+		return outItem{Kind: kind, Topic: tag, Build: func(seq uint64) ([]byte, error) { return []byte(tag), nil }}
+	}
+	if _, err := st.enqueue([]outItem{item(outReport, "r1")}, 3); err != nil {
+		t.Fatal(err)
+	}
+	var items []outItem
+	for _, tag := range []string{"e1", "e2", "e3", "e4", "e5"} {
+		items = append(items, item(outEvent, tag))
+	}
+	dropped, err := st.enqueue(append(items, item(outReport, "r2")), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dropped != 2 {
+		t.Errorf("dropped %d, want 2", dropped)
+	}
+	got, _ := st.pending(100)
+	var tags []string
+	for _, e := range got {
+		tags = append(tags, string(e.Payload))
+	}
+	want := []string{"e3", "e4", "e5", "r2"}
+	if len(tags) != len(want) {
+		t.Fatalf("outbox %v, want %v", tags, want)
+	}
+	for i := range want {
+		if tags[i] != want[i] {
+			t.Fatalf("outbox %v, want %v", tags, want)
+		}
+	}
+}
