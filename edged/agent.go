@@ -39,6 +39,12 @@ type Config struct {
 	// StopTimeout is the grace period before a stopped task is killed;
 	// default 10s.
 	StopTimeout time.Duration
+	// KeepAlive is the MQTT keepalive: a dead link (even a half-open one)
+	// is noticed within about 1.5 times it. Default 30s.
+	KeepAlive time.Duration
+	// ClockOffset is added to every timestamp edged publishes (tests of a
+	// device whose clock is off; edged's own timers are unaffected).
+	ClockOffset time.Duration
 	// CPUMHz and MemoryMB, when set, replace what the system reports (for
 	// simulators and for reserving capacity for the host).
 	CPUMHz   int
@@ -109,6 +115,12 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.StopTimeout == 0 {
 		cfg.StopTimeout = 10 * time.Second
 	}
+	if cfg.KeepAlive == 0 {
+		cfg.KeepAlive = 30 * time.Second
+	}
+	if cfg.KeepAlive < time.Second {
+		return nil, fmt.Errorf("keepalive: %s is too short, want at least 1s", cfg.KeepAlive)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
@@ -129,6 +141,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return a, nil
 }
+
+// clock is the device's time as it publishes it.
+func (a *Agent) clock() time.Time { return time.Now().Add(a.cfg.ClockOffset).UTC() }
 
 func (a *Agent) wake() {
 	select {
@@ -205,7 +220,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if c != nil {
 		// A clean goodbye: the broker does not send the last will after a
 		// DISCONNECT, so say offline ourselves.
-		now := time.Now().UTC()
+		now := a.clock()
 		off, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Since: &now, Version: a.cfg.Version})
 		pctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = c.Publish(pctx, a.cfg.Topics.Presence(a.cfg.DeviceID), off, true, 1)
@@ -222,19 +237,21 @@ func (a *Agent) connect(ctx context.Context) {
 	will, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Version: a.cfg.Version})
 	var client *bus.Client
 	cfg := bus.Config{
-		Brokers:      a.cfg.Brokers,
-		ClientID:     a.cfg.DeviceID,
-		Username:     a.cfg.Username,
-		Password:     a.cfg.Password,
-		CleanSession: false,
-		Will:         &bus.Will{Topic: t.Presence(a.cfg.DeviceID), Payload: will, Retain: true, QoS: 1},
-		Log:          a.log,
+		Brokers:        a.cfg.Brokers,
+		ClientID:       a.cfg.DeviceID,
+		Username:       a.cfg.Username,
+		Password:       a.cfg.Password,
+		CleanSession:   false,
+		Will:           &bus.Will{Topic: t.Presence(a.cfg.DeviceID), Payload: will, Retain: true, QoS: 1},
+		Log:            a.log,
+		KeepAlive:      a.cfg.KeepAlive,
+		ConnectTimeout: min(10*time.Second, a.cfg.KeepAlive),
 		// Spread the reconnects of a fleet that lost its server at once.
 		ReconnectJitter:  5 * time.Second,
 		OnConnectionLost: func(error) { a.connEpoch.Add(1) },
 		OnConnect: func() {
 			a.log.Info().Msg("connected to broker")
-			now := time.Now().UTC()
+			now := a.clock()
 			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: &now, Version: a.cfg.Version})
 			a.connEpoch.Add(1)
 			a.mu.Lock()
@@ -576,8 +593,9 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 	a.mu.Unlock()
 	dev := a.cfg.DeviceID
 	var items []outItem
+	stamp := now.Add(a.cfg.ClockOffset).UTC()
 	if changed {
-		rep.Time = now.UTC()
+		rep.Time = stamp
 		rep.Epoch = a.epoch
 		items = append(items, outItem{Kind: outReport, Topic: a.cfg.Topics.Reported(dev), Retain: true, Build: func(seq uint64) ([]byte, error) {
 			r := rep
@@ -588,7 +606,7 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 	for _, e := range events {
 		a.log.Info().Str("event", string(e.Type)).Str("alloc", e.Alloc).Str("task", e.Task).Str("detail", e.Message).Msg("task event")
 		items = append(items, outItem{Kind: outEvent, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
-			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: now.UTC(), Type: e.Type, Alloc: e.Alloc, Job: e.Job, Task: e.Task, ExitCode: e.ExitCode, Message: e.Message})
+			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: stamp, Type: e.Type, Alloc: e.Alloc, Job: e.Job, Task: e.Task, ExitCode: e.ExitCode, Message: e.Message})
 		}})
 	}
 	if len(items) == 0 {
@@ -603,7 +621,7 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 		a.log.Warn().Int("dropped", dropped).Msg("outbox full; dropped the oldest events")
 		msg := fmt.Sprintf("outbox full: the %d oldest events were dropped", dropped)
 		if _, err := a.state.enqueue([]outItem{{Kind: outEvent, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
-			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: now.UTC(), Type: protocol.EventDropped, Message: msg})
+			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: stamp, Type: protocol.EventDropped, Message: msg})
 		}}}, maxQueuedEvents+1); err != nil {
 			a.log.Error().Err(err).Msg("queue events_dropped")
 		}

@@ -7,7 +7,9 @@ import (
 
 	"github.com/tether-edge/tether/edged/driver"
 	"github.com/tether-edge/tether/edged/exec"
+	"github.com/tether-edge/tether/edged/fake"
 	"github.com/tether-edge/tether/edged/podman"
+	"github.com/tether-edge/tether/protocol"
 )
 
 // DaemonConfig is Config plus how to reach the drivers; Drivers in Config
@@ -20,11 +22,26 @@ type DaemonConfig struct {
 	PodmanSocket string
 	// DisablePodman runs exec tasks only.
 	DisablePodman bool
+	// FakeRuntime replaces both drivers by in-memory fakes (for fleet
+	// simulation and connectivity tests): tasks "run" without running.
+	FakeRuntime bool
 }
 
 // RunDaemon sets up the drivers and runs the agent until ctx ends.
 func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
 	log := cfg.Log.With().Str("device", cfg.DeviceID).Logger()
+	if cfg.FakeRuntime {
+		log.Warn().Msg("fake runtime: tasks are simulated, nothing really runs")
+		cfg.Drivers = []driver.Driver{
+			fake.New(fake.Options{Name: protocol.DriverPodman, Log: log}),
+			fake.New(fake.Options{Name: protocol.DriverExec, Log: log}),
+		}
+		a, err := New(cfg.Config)
+		if err != nil {
+			return err
+		}
+		return a.Run(ctx)
+	}
 	var drivers []driver.Driver
 	ex, err := exec.New(filepath.Join(cfg.DataDir, "exec"), log.With().Str("driver", "exec").Logger())
 	if err != nil {

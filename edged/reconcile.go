@@ -217,12 +217,30 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 					driver.LabelSpec:   w.hash,
 					driver.LabelDevice: device,
 				},
-				Task: w.task,
+				Task: withRuntimeEnv(w.task, device, w.alloc),
 			},
 		})
 		res.Tasks[k] = rec
 	}
 	return res
+}
+
+// withRuntimeEnv gives a task what it may want to know about where it runs,
+// as Nomad's NOMAD_* variables do. The task's own variables win.
+func withRuntimeEnv(t protocol.Task, device string, a protocol.Allocation) protocol.Task {
+	env := map[string]string{
+		"TETHER_DEVICE_ID":   device,
+		"TETHER_ALLOC_ID":    a.ID,
+		"TETHER_JOB":         a.Job,
+		"TETHER_JOB_VERSION": fmt.Sprint(a.JobVersion),
+		"TETHER_GROUP":       a.Group,
+		"TETHER_TASK":        t.Name,
+	}
+	for k, v := range t.Env {
+		env[k] = v
+	}
+	t.Env = env
+	return t
 }
 
 func earliest(a, b time.Time) time.Time {

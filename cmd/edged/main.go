@@ -32,6 +32,9 @@ type fileConfig struct {
 	LogLevel     string            `json:"log_level"`
 	CPUMHz       int               `json:"cpu_mhz"`
 	MemoryMB     int               `json:"memory_mb"`
+	// KeepAlive is a Go duration ("30s"); a dead link is noticed within
+	// about 1.5 to 2 times it.
+	KeepAlive string `json:"keepalive"`
 }
 
 func newRoot() *cobra.Command {
@@ -53,6 +56,9 @@ func newRunCmd() *cobra.Command {
 		labels     []string
 		logFormat  string
 		noPodman   bool
+		fakeRT     bool
+		keepAlive  time.Duration
+		clockSkew  time.Duration
 	)
 	fc.LogLevel = "info"
 	cmd := &cobra.Command{
@@ -91,6 +97,13 @@ the data dir and applied at start, with or without a broker.`,
 			for k, v := range flagLabels {
 				fc.Labels[k] = v
 			}
+			if fc.KeepAlive != "" && !cmd.Flags().Changed("keepalive") {
+				d, err := time.ParseDuration(fc.KeepAlive)
+				if err != nil {
+					return fmt.Errorf("config %s: keepalive: %w", configFile, err)
+				}
+				keepAlive = d
+			}
 			var errs []error
 			if fc.DeviceID == "" {
 				errs = append(errs, errors.New("--device-id (or device_id in the config file) is required"))
@@ -116,9 +129,11 @@ the data dir and applied at start, with or without a broker.`,
 					DeviceID: fc.DeviceID, Brokers: fc.Brokers, Username: fc.Username, Password: fc.Password,
 					DataDir: fc.DataDir, Labels: fc.Labels, Topics: topics, Version: version.String(),
 					CPUMHz: fc.CPUMHz, MemoryMB: fc.MemoryMB, Resync: 10 * time.Second, Log: log,
+					KeepAlive: keepAlive, ClockOffset: clockSkew,
 				},
 				PodmanSocket:  fc.PodmanSocket,
 				DisablePodman: noPodman,
+				FakeRuntime:   fakeRT,
 			})
 		},
 	}
@@ -135,6 +150,11 @@ the data dir and applied at start, with or without a broker.`,
 	f.StringVar(&fc.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	f.StringVar(&fc.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.StringVar(&logFormat, "log-format", "console", "log format: console or json")
+	f.DurationVar(&keepAlive, "keepalive", 30*time.Second, "MQTT keepalive; a dead or half-open link is noticed within about 1.5-2 times it")
+	f.BoolVar(&fakeRT, "fake-runtime", false, "simulate tasks in memory instead of running them (tests, simulators)")
+	f.DurationVar(&clockSkew, "clock-offset", 0, "add this to every published timestamp (tests of a device whose clock is off)")
+	_ = f.MarkHidden("fake-runtime")
+	_ = f.MarkHidden("clock-offset")
 	f.IntVar(&fc.CPUMHz, "cpu-mhz", 0, "CPU capacity to offer in MHz (default: what the system reports)")
 	f.IntVar(&fc.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: what the system reports)")
 	return cmd

@@ -1,0 +1,401 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/internal/faultproxy"
+	"github.com/tether-edge/tether/protocol"
+)
+
+// The connectivity matrix: real server and edged processes, a fault proxy
+// between each edged and the broker, and at the end of every scenario the
+// same checks: the device converged to the desired version, no event was
+// lost (no sequence gap), no workload runs twice, none was restarted
+// needlessly. Run it alone with `go tool task test:connectivity`.
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// cfleet is one server with its devices and an observer of their events.
+type cfleet struct {
+	t       *testing.T
+	dataDir string
+	mqtt    string
+	server  *proc
+	env     []string
+	work    string // marker files of the workloads
+
+	mu     sync.Mutex
+	events map[string][]protocol.Event // by device
+}
+
+func newFleet(t *testing.T) *cfleet {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	f := &cfleet{t: t, dataDir: t.TempDir(), mqtt: freePort(t), work: t.TempDir(), events: map[string][]protocol.Event{}}
+	f.env = []string{"TETHER_BROKER=mqtt://" + f.mqtt}
+	f.startServer()
+	// A persistent observer: it misses no event, even across a server
+	// restart (its session and queue are in the broker's database).
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	obs, err := bus.Dial(ctx, bus.Config{Brokers: []string{"mqtt://" + f.mqtt}, ClientID: "observer-" + strconv.Itoa(os.Getpid()), CleanSession: false, KeepAlive: 2 * time.Second, ConnectTimeout: 2 * time.Second, Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(obs.Close)
+	var topics protocol.Topics
+	if err := obs.Subscribe(ctx, topics.DevicesFilter(protocol.KindEvents), 1, func(m bus.Message) {
+		if e, err := protocol.DecodeEvent(m.Payload); err == nil {
+			f.mu.Lock()
+			f.events[e.Device] = append(f.events[e.Device], e)
+			f.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *cfleet) startServer() {
+	f.server = start(f.t, "tether", nil, "dev", "--no-edged", "--data-dir", f.dataDir, "--mqtt-addr", f.mqtt, "--ws-addr", "", "--http-addr", "")
+	f.server.waitLine("MQTT broker:")
+}
+
+// cdevice is one edged process behind its own fault proxy.
+type cdevice struct {
+	f     *cfleet
+	id    string
+	proxy *faultproxy.Proxy
+	dir   string
+	args  []string
+	proc  *proc
+}
+
+func (f *cfleet) addDevice(id string, extra ...string) *cdevice {
+	f.t.Helper()
+	p, err := faultproxy.New(f.mqtt)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { p.Close() })
+	d := &cdevice{f: f, id: id, proxy: p, dir: f.t.TempDir()}
+	d.args = append([]string{"run", "--device-id", id, "--broker", "mqtt://" + p.Addr(), "--data-dir", d.dir,
+		"--keepalive", "2s", "--no-podman", "--label", "role=" + id}, extra...)
+	d.start()
+	return d
+}
+
+func (d *cdevice) start() { d.proc = start(d.f.t, "edged", nil, d.args...) }
+
+// pids are the process ids the device's workload wrote at each start.
+func (d *cdevice) pids() []string {
+	b, _ := os.ReadFile(filepath.Join(d.f.work, d.id+".pids"))
+	return strings.Fields(string(b))
+}
+
+// alive reports whether the recorded process runs: a zombie (killed, not
+// yet reaped by its new parent) does not.
+func alive(entry string) bool {
+	n, _ := strconv.Atoi(entry[strings.Index(entry, ":")+1:])
+	if n <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// runningPids are the recorded workload processes still alive.
+func (d *cdevice) runningPids() []string {
+	var out []string
+	for _, p := range d.pids() {
+		if alive(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// job writes and runs a system job for one device whose workload records
+// "VERSION:PID" at every start.
+func (f *cfleet) job(id, device, version string) {
+	f.t.Helper()
+	file := filepath.Join(f.t.TempDir(), id+".yaml")
+	doc := fmt.Sprintf(`id: %s
+type: system
+groups:
+  - name: g
+    constraints:
+      - {attribute: "${device.labels.role}", value: %s}
+    tasks:
+      - name: w
+        driver: exec
+        env: {V: "%s"}
+        config:
+          command: ["/bin/sh", "-c", "echo $V:$$ >> %s/$TETHER_DEVICE_ID.pids; exec sleep 600"]
+        resources: {cpu: 10, memory: 8}
+        restart: {attempts: 100, delay: 200ms, interval: 1h}
+`, id, device, version, f.work)
+	os.WriteFile(file, []byte(doc), 0o644)
+	r := run(f.t, f.env, "tether", "job", "run", file, "--detach")
+	if r.code != 0 {
+		f.t.Fatalf("job run: exit %d", r.code)
+	}
+}
+
+// converged waits until the job runs at version on every listed device and
+// returns how long that took.
+func (f *cfleet) converged(job string, version uint64, devices ...string) time.Duration {
+	f.t.Helper()
+	begin := time.Now()
+	eventually(f.t, 90*time.Second, fmt.Sprintf("job %s v%d running on %v", job, version, devices), func() bool {
+		r := run(f.t, f.env, "tether", "job", "status", job, "-o", "json")
+		var st protocol.JobStatus
+		if json.Unmarshal([]byte(r.stdout), &st) != nil || st.Version != version || st.Counts.Running != len(devices) || len(st.Allocs) != len(devices) {
+			return false
+		}
+		on := map[string]bool{}
+		for _, a := range st.Allocs {
+			on[a.Device] = a.State == protocol.AllocRunning && a.Version == version
+		}
+		for _, d := range devices {
+			if !on[d] {
+				return false
+			}
+		}
+		return true
+	})
+	return time.Since(begin)
+}
+
+// online waits until the device's presence is online.
+func (f *cfleet) presence(device string, want protocol.PresenceStatus) {
+	f.t.Helper()
+	eventually(f.t, 60*time.Second, fmt.Sprintf("%s to be %s", device, want), func() bool {
+		r := run(f.t, f.env, "tether", "device", "list", "-o", "json")
+		var devs []struct {
+			ID       string             `json:"id"`
+			Presence *protocol.Presence `json:"presence"`
+		}
+		json.Unmarshal([]byte(r.stdout), &devs)
+		for _, d := range devs {
+			if d.ID == device && d.Presence != nil && d.Presence.Status == want {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// checkEvents asserts that no event of the device was lost: within every
+// epoch the sequence numbers, duplicates aside, have no gap. Delivery is at
+// least once (a message sent on a link that died before its PUBACK is sent
+// again); receivers drop duplicates by sequence, as the planner does. It
+// returns the number of distinct events.
+func (f *cfleet) checkEvents(device string) int {
+	f.t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	byEpoch := map[string]map[uint64]int{}
+	for _, e := range f.events[device] {
+		if byEpoch[e.Epoch] == nil {
+			byEpoch[e.Epoch] = map[uint64]int{}
+		}
+		byEpoch[e.Epoch][e.Seq]++
+	}
+	n := 0
+	for epoch, seen := range byEpoch {
+		seqs := make([]uint64, 0, len(seen))
+		dups := 0
+		for s, c := range seen {
+			seqs = append(seqs, s)
+			dups += c - 1
+		}
+		sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+		for i := range seqs {
+			if seqs[i] != seqs[0]+uint64(i) {
+				f.t.Errorf("%s epoch %s: events lost, sequence has a gap: %v", device, epoch, seqs)
+				break
+			}
+		}
+		if dups > 0 {
+			f.t.Logf("%s epoch %s: %d duplicate deliveries (re-sent after a dead link), dropped by sequence", device, epoch, dups)
+		}
+		n += len(seqs)
+	}
+	return n
+}
+
+// oneAlive asserts that exactly one workload process of the device runs.
+func (d *cdevice) oneAlive() {
+	d.f.t.Helper()
+	if r := d.runningPids(); len(r) != 1 {
+		d.f.t.Fatalf("%s: %d workload processes alive (%v), want exactly 1; all starts: %v", d.id, len(r), r, d.pids())
+	}
+}
+
+// killPid kills a recorded workload process and waits until it is dead.
+func killPid(t *testing.T, entry string) {
+	t.Helper()
+	n, _ := strconv.Atoi(entry[strings.Index(entry, ":")+1:])
+	if err := syscall.Kill(n, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill %d: %v", n, err)
+	}
+	eventually(t, 10*time.Second, "the killed process to die", func() bool { return !alive(entry) })
+}
+
+func TestConnectivity(t *testing.T) {
+	t.Run("reboot_while_offline", func(t *testing.T) {
+		f := newFleet(t)
+		d := f.addDevice("d2")
+		f.presence("d2", protocol.Online)
+		f.job("j2", "d2", "1")
+		f.converged("j2", 1, "d2")
+		d.oneAlive()
+
+		// The link goes; then the device loses power: edged and its
+		// workload die. It boots with no broker in reach.
+		d.proxy.Cut()
+		d.proc.kill()
+		killPid(t, d.pids()[0])
+		d.start()
+		eventually(t, 30*time.Second, "the workload to come back without the server", func() bool { return len(d.runningPids()) == 1 && len(d.pids()) == 2 })
+		t.Logf("workload back after an offline reboot, server unreachable: pids %v", d.pids())
+
+		d.proxy.Heal()
+		took := f.converged("j2", 1, "d2")
+		t.Logf("converged %s after heal", took.Round(time.Millisecond))
+		d.oneAlive()
+		if n := len(d.pids()); n != 2 {
+			t.Errorf("%d starts, want 2 (the first, and one after the reboot)", n)
+		}
+		f.checkEvents("d2")
+	})
+
+	t.Run("server_restart_with_queued_update", func(t *testing.T) {
+		f := newFleet(t)
+		d := f.addDevice("d3")
+		f.presence("d3", protocol.Online)
+		f.job("j3", "d3", "1")
+		f.converged("j3", 1, "d3")
+
+		// Offline while the job changes: the new desired document waits
+		// in the device's session (QoS 1) and as the retained message.
+		d.proxy.Cut()
+		f.presence("d3", protocol.Offline)
+		f.job("j3", "d3", "2")
+		// The server restarts with the update queued.
+		f.server.stop()
+		f.startServer()
+		d.proxy.Heal()
+		took := f.converged("j3", 2, "d3")
+		t.Logf("converged on version 2 %s after heal", took.Round(time.Millisecond))
+		eventually(t, 30*time.Second, "the version 2 workload to be the only one", func() bool {
+			r := d.runningPids()
+			return len(r) == 1 && strings.HasPrefix(r[0], "2:")
+		})
+		f.checkEvents("d3")
+	})
+
+	t.Run("flapping_link", func(t *testing.T) {
+		f := newFleet(t)
+		d := f.addDevice("d5")
+		f.presence("d5", protocol.Online)
+		f.job("j5", "d5", "1")
+		f.converged("j5", 1, "d5")
+		before := d.pids()
+
+		// 100 flaps in a minute, while the workload crashes once.
+		done := make(chan struct{})
+		go func() { d.proxy.Flap(100, 300*time.Millisecond, 300*time.Millisecond); close(done) }()
+		time.Sleep(5 * time.Second)
+		killPid(t, before[0])
+		<-done
+		up, down, conns := d.proxy.Stats()
+		t.Logf("after 100 flaps: %d connections, %d bytes up, %d down", conns, up, down)
+		healed := time.Now()
+		f.presence("d5", protocol.Online)
+		took := f.converged("j5", 1, "d5")
+		t.Logf("online and converged %s after the last flap", time.Since(healed).Round(time.Millisecond))
+		_ = took
+		d.oneAlive()
+		if n := len(d.pids()); n != 2 {
+			t.Errorf("%d starts, want 2: flapping must not restart the workload (starts %v)", n, d.pids())
+		}
+		eventually(t, 30*time.Second, "the crash's events to arrive", func() bool { return f.checkEvents("d5") >= 4 })
+	})
+
+	t.Run("half_open_link", func(t *testing.T) {
+		f := newFleet(t)
+		d := f.addDevice("d6")
+		f.presence("d6", protocol.Online)
+		f.job("j6", "d6", "1")
+		f.converged("j6", 1, "d6")
+		nBefore := f.checkEvents("d6")
+
+		d.proxy.Blackhole()
+		begin := time.Now()
+		f.presence("d6", protocol.Offline) // the broker's keepalive check sends the will
+		t.Logf("server saw the half-open device offline after %s (keepalive 2s)", time.Since(begin).Round(time.Millisecond))
+		killPid(t, d.pids()[0]) // events while the link is dead
+		eventually(t, 30*time.Second, "the workload to be restarted offline", func() bool { return len(d.runningPids()) == 1 && len(d.pids()) == 2 })
+		d.proxy.Heal()
+		took := f.converged("j6", 1, "d6")
+		t.Logf("converged %s after heal", took.Round(time.Millisecond))
+		f.presence("d6", protocol.Online)
+		eventually(t, 30*time.Second, "the events made while half-open to arrive", func() bool { return f.checkEvents("d6") >= nBefore+3 })
+		d.oneAlive()
+	})
+
+	t.Run("clock_off_by_an_hour", func(t *testing.T) {
+		f := newFleet(t)
+		ahead := f.addDevice("d7a", "--clock-offset", "1h")
+		behind := f.addDevice("d7b", "--clock-offset", "-1h")
+		f.presence("d7a", protocol.Online)
+		f.presence("d7b", protocol.Online)
+		f.job("j7a", "d7a", "1")
+		f.job("j7b", "d7b", "1")
+		f.converged("j7a", 1, "d7a")
+		f.converged("j7b", 1, "d7b")
+		// Crash both workloads: the new reports (clock behind or ahead)
+		// must still count.
+		killPid(t, ahead.pids()[0])
+		killPid(t, behind.pids()[0])
+		eventually(t, 30*time.Second, "both workloads restarted", func() bool { return len(ahead.pids()) == 2 && len(behind.pids()) == 2 })
+		f.converged("j7a", 1, "d7a")
+		f.converged("j7b", 1, "d7b")
+		ahead.oneAlive()
+		behind.oneAlive()
+		f.checkEvents("d7a")
+		f.checkEvents("d7b")
+	})
+}
