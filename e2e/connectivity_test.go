@@ -398,4 +398,27 @@ func TestConnectivity(t *testing.T) {
 		f.checkEvents("d7a")
 		f.checkEvents("d7b")
 	})
+
+	t.Run("idle_cost", func(t *testing.T) {
+		// What an idle device costs on the wire: keepalives only, since
+		// reports are sent on change. Measured over 10 keepalive periods.
+		f := newFleet(t)
+		d := f.addDevice("d8")
+		f.presence("d8", protocol.Online)
+		f.job("j8", "d8", "1")
+		f.converged("j8", 1, "d8")
+		time.Sleep(3 * time.Second) // let the start-up traffic settle
+		up0, down0, _ := d.proxy.Stats()
+		const periods = 10
+		time.Sleep(periods * 2 * time.Second)
+		up1, down1, _ := d.proxy.Stats()
+		perPeriod := float64((up1-up0)+(down1-down0)) / periods
+		if perPeriod == 0 {
+			t.Fatal("no keepalive traffic at all")
+		}
+		perDay := perPeriod * (24 * 3600 / 30) // at the default 30 s keepalive
+		t.Logf("idle: %.1f MQTT bytes per keepalive period; at a 30 s keepalive %.0f bytes/day of MQTT payload (%d keepalives/day; with TCP/IP headers about %.0f KB/day)",
+			perPeriod, perDay, 24*3600/30, float64(24*3600/30)*(perPeriod+2*66)/1024)
+		d.oneAlive()
+	})
 }
