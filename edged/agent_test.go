@@ -2,13 +2,16 @@ package edged
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/edged/driver"
+	execdrv "github.com/tether-edge/tether/edged/exec"
 	"github.com/tether-edge/tether/edged/fake"
 	"github.com/tether-edge/tether/protocol"
 )
@@ -169,4 +172,36 @@ func TestOfflineBootRestartAndAdoptionFake(t *testing.T) {
 			}
 		},
 	})
+}
+
+// TestExecCrashLoopFails runs a crashing task with the real exec driver,
+// which reuses one instance id for every run: the restart budget must run
+// out, after exactly attempts+1 runs.
+func TestExecCrashLoopFails(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "runs")
+	ex, err := execdrv.New(filepath.Join(dir, "exec"), zerolog.New(zerolog.NewTestWriter(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := protocol.Task{Name: "crash", Driver: "exec", Config: protocol.TaskConfig{Command: []string{"/bin/sh", "-c", "echo run >> " + marker + "; exit 3"}},
+		Restart: &protocol.RestartPolicy{Attempts: 2, Delay: protocol.Duration(50 * time.Millisecond), Interval: protocol.Duration(time.Hour), Mode: protocol.RestartFail}}
+	st, err := openState(filepath.Join(dir, "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.putDesired(protocol.Desired{Device: "dx", Generation: 1, Allocations: []protocol.Allocation{{ID: "c.g.0-abcdef", Job: "c", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
+	st.close()
+	ra := startAgent(t, Config{DeviceID: "dx", Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{ex}, Resync: 50 * time.Millisecond, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	eventually(t, "the task to be failed", func() bool {
+		recs, _ := ra.a.state.tasks()
+		return recs[taskKey("c.g.0-abcdef", "crash")].Failed
+	})
+	n := ra.passes.Load()
+	eventually(t, "three passes more", func() bool { return ra.passes.Load() >= n+3 })
+	ra.stop()
+	b, _ := os.ReadFile(marker)
+	if runs := strings.Count(string(b), "run"); runs != 3 {
+		t.Fatalf("%d runs, want 3 (the first and 2 restarts)", runs)
+	}
 }

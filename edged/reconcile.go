@@ -165,7 +165,7 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 				}
 				res.Tasks[k] = rec
 				continue
-			case inst.ID == rec.Seen:
+			case incarnation(inst.Instance) == rec.Seen:
 				// This exit was already charged; the removal failed last
 				// time. Retry it without charging again.
 				res.Actions = append(res.Actions, action{Kind: actRemove, Driver: inst.Driver, Key: k, ID: inst.ID, Reason: "restarting"})
@@ -176,7 +176,7 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 				continue
 			default:
 				code := inst.ExitCode
-				rec.Seen = inst.ID
+				rec.Seen = incarnation(inst.Instance)
 				rec.ExitCode = &code
 				rec.FinishedAt = inst.FinishedAt
 				if rec.FinishedAt.IsZero() {
@@ -223,6 +223,12 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 		res.Tasks[k] = rec
 	}
 	return res
+}
+
+// incarnation names one run of an instance. Some runtimes reuse the id
+// for every run (exec uses the name), so the start time is part of it.
+func incarnation(i driver.Instance) string {
+	return i.ID + "@" + i.StartedAt.UTC().Format(time.RFC3339Nano)
 }
 
 // withRuntimeEnv gives a task what it may want to know about where it runs,

@@ -261,3 +261,19 @@ func TestNewVersionGetsFreshRecord(t *testing.T) {
 		t.Fatalf("running service restarted by a version bump with the same spec: %v", got)
 	}
 }
+
+// TestSameIDNewRunIsCharged: the exec driver reuses the instance id (its
+// name) for every run; a new run that exits is a new exit.
+func TestSameIDNewRunIsCharged(t *testing.T) {
+	a := svcTask("a")
+	d := desiredWith(protocol.JobService, a)
+	first := inst(a, driver.StateExited, 3)
+	res := diff("d", d, []observed{first}, nil, listed, t0)
+	second := first
+	second.StartedAt = first.StartedAt.Add(2 * time.Second)
+	res2 := diff("d", d, []observed{second}, res.Tasks, listed, t0.Add(3*time.Second))
+	rec := res2.Tasks[taskKey("j.g.0-aaaaaa", "a")]
+	if rec.Restarts != 2 || len(res2.Events) == 0 {
+		t.Fatalf("second run's exit not charged: %+v, events %+v", rec, res2.Events)
+	}
+}

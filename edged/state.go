@@ -34,9 +34,9 @@ var (
 type taskRecord struct {
 	SpecHash   string `json:"spec_hash"`
 	JobVersion uint64 `json:"job_version"`
-	// Seen is the id of the exited instance whose exit was last charged to
-	// the restart budget, so that an instance whose removal failed is not
-	// charged again on the next pass.
+	// Seen names the exited incarnation (see incarnation) whose exit was
+	// last charged to the restart budget, so that an instance whose removal
+	// failed is not charged again on the next pass.
 	Seen        string    `json:"seen,omitempty"`
 	Restarts    int       `json:"restarts"`     // within the current window
 	Total       int       `json:"total"`        // since the task was created
