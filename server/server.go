@@ -11,11 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/broker"
 	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/dashboard"
 	"github.com/tether-edge/tether/planner"
 	"github.com/tether-edge/tether/protocol"
 	"github.com/tether-edge/tether/store"
@@ -130,6 +132,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.endpoints.HTTP = ln.Addr().String()
 		mux := http.NewServeMux()
 		mux.HandleFunc("/healthz", s.healthz)
+		wsPort := 0 // the page says there is no WebSocket listener
+		if ws := s.endpoints.WS; ws != "" {
+			_, port, _ := net.SplitHostPort(ws)
+			wsPort, _ = strconv.Atoi(port)
+		}
+		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, TopicRoot: cfg.Topics.Root}))
 		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = s.http.Serve(ln) }()
 	}

@@ -79,6 +79,7 @@ func printEndpoints(cmd *cobra.Command, ep server.Endpoints, dataDir string) {
 		fmt.Fprintf(out, "WebSocket:     ws://%s\n", ep.WS)
 	}
 	if ep.HTTP != "" {
+		fmt.Fprintf(out, "Dashboard:     http://%s/\n", ep.HTTP)
 		fmt.Fprintf(out, "Health:        http://%s/healthz\n", ep.HTTP)
 	}
 	fmt.Fprintf(out, "Data dir:      %s\n", dataDir)

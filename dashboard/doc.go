@@ -1,0 +1,11 @@
+// Package dashboard serves Tether's live web dashboard: a static page that is
+// itself an MQTT client. The browser subscribes over the broker's WebSocket
+// listener to the same retained status topics every other party reads
+// (fleet summary, job status, device presence, facts, reports and events), so
+// the server has no dashboard API to poll and no state to keep for it.
+//
+// The HTML, CSS and ES modules are embedded with go:embed, along with the
+// browser bundle of MQTT.js vendored from npm (static/vendor/mqtt.min.js;
+// `npm run check-vendor` proves it matches package-lock.json). Building Go
+// never needs npm; only the browser tests in test/ do.
+package dashboard
