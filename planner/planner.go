@@ -38,9 +38,10 @@ type Config struct {
 // Planner turns job documents into placements. Create it with New and run
 // it with Run.
 type Planner struct {
-	cfg    Config
-	log    zerolog.Logger
-	events chan bus.Message
+	cfg     Config
+	log     zerolog.Logger
+	events  chan bus.Message
+	pending map[string][]func(*store.DeviceRecord) // Run's goroutine only
 }
 
 // New returns a planner; it does nothing until Run.
@@ -63,9 +64,18 @@ func (p *Planner) Run(ctx context.Context) error {
 		t.DevicesFilter(protocol.KindPresence),
 		t.DevicesFilter(protocol.KindReported),
 	}
-	for _, f := range filters {
+	for i, f := range filters {
+		// Device state is level-triggered and retained: QoS 0 is enough on
+		// a live connection, and it keeps the burst of retained messages a
+		// restart brings out of the broker's QoS 1 in-flight limit, which
+		// drops what exceeds it when the planner acknowledges slowly. Job
+		// documents keep QoS 1.
+		qos := byte(0)
+		if i == 0 {
+			qos = 1
+		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := p.cfg.Bus.Subscribe(sctx, f, 1, p.enqueue)
+		err := p.cfg.Bus.Subscribe(sctx, f, qos, p.enqueue)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("planner: %w", err)
@@ -86,8 +96,9 @@ func (p *Planner) Run(ctx context.Context) error {
 		case m := <-p.events:
 			p.apply(m)
 			// Coalesce a burst (a reconnect storm, the retained messages at
-			// start) into one plan.
+			// start) into one plan and one transaction.
 			p.drain()
+			p.flushDevices()
 			p.reconcile(ctx)
 		}
 	}
@@ -98,7 +109,7 @@ func (p *Planner) Run(ctx context.Context) error {
 func (p *Planner) enqueue(m bus.Message) { p.events <- m }
 
 func (p *Planner) drain() {
-	for {
+	for n := 0; n < maxBatch; n++ {
 		select {
 		case m := <-p.events:
 			p.apply(m)
@@ -171,10 +182,28 @@ func (p *Planner) apply(m bus.Message) {
 	}
 }
 
+// maxBatch bounds how many messages one pass applies before planning.
+const maxBatch = 10000
+
+// updateDevice queues a change to a device record; flushDevices writes
+// every queued change in one transaction (one fsync for a whole burst
+// instead of one per message).
 func (p *Planner) updateDevice(id string, fn func(*store.DeviceRecord)) {
-	err := p.cfg.Store.UpdateDevice(id, func(d *store.DeviceRecord) error { fn(d); return nil })
+	if p.pending == nil {
+		p.pending = map[string][]func(*store.DeviceRecord){}
+	}
+	p.pending[id] = append(p.pending[id], fn)
+}
+
+func (p *Planner) flushDevices() {
+	if len(p.pending) == 0 {
+		return
+	}
+	pending := p.pending
+	p.pending = nil
+	err := p.cfg.Store.UpdateDevices(pending)
 	if err != nil {
-		p.log.Error().Err(err).Str("device", id).Msg("store")
+		p.log.Error().Err(err).Int("devices", len(pending)).Msg("store")
 	}
 }
 

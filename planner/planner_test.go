@@ -2,6 +2,7 @@ package planner
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -286,4 +287,36 @@ func TestUnplaceableJobSaysWhy(t *testing.T) {
 	if st.Groups[0].Unplaced != want || st.State != protocol.JobDegraded {
 		t.Fatalf("got %q (%s), want %q", st.Groups[0].Unplaced, st.State, want)
 	}
+}
+
+// TestPlannerReadsThousandsOfRetainedDevices: a planner that starts on a
+// broker already holding the retained state of thousands of devices must
+// see every one of them.
+func TestPlannerReadsThousandsOfRetainedDevices(t *testing.T) {
+	if testing.Short() {
+		t.Skip("publishes 6,000 retained messages")
+	}
+	f := newFixture(t)
+	const n = 3000
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	now := time.Now()
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("dev-%04d", i)
+		facts, _ := protocol.Encode(protocol.Facts{Device: id, Arch: "arm64", OS: "linux", CPUMHz: 1000, MemoryMB: 512, Drivers: []string{"exec"}})
+		pres, _ := protocol.Encode(protocol.Presence{Device: id, Status: protocol.Online, Since: &now})
+		if err := f.obs.Publish(ctx, f.topics.Facts(id), facts, true, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.obs.Publish(ctx, f.topics.Presence(id), pres, true, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.obs.Barrier(ctx, f.topics.Base()); err != nil {
+		t.Fatal(err)
+	}
+	f.startPlanner()
+	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "all devices online in the summary", func(s protocol.FleetSummary) bool {
+		return s.Devices.Total == n && s.Devices.Online == n
+	})
 }

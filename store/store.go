@@ -343,6 +343,32 @@ func (s *Store) UpdateDevice(id string, fn func(*DeviceRecord) error) error {
 	return nil
 }
 
+// UpdateDevices applies queued changes to many device records (new ones
+// where absent) in one transaction, in the order queued per device.
+func (s *Store) UpdateDevices(changes map[string][]func(*DeviceRecord)) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		for id, fns := range changes {
+			rec := DeviceRecord{ID: id}
+			if _, err := getJSON(b, []byte(id), &rec); err != nil {
+				return err
+			}
+			for _, fn := range fns {
+				fn(&rec)
+			}
+			rec.ID = id
+			if err := putJSON(b, []byte(id), rec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update %d devices: %w", len(changes), err)
+	}
+	return nil
+}
+
 // Device returns one device record.
 func (s *Store) Device(id string) (DeviceRecord, error) {
 	var rec DeviceRecord

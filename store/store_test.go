@@ -155,3 +155,19 @@ func TestRefusesNewerSchema(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestUpdateDevicesInOneTransaction(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"))
+	defer s.Close()
+	err := s.UpdateDevices(map[string][]func(*DeviceRecord){
+		"a": {func(d *DeviceRecord) { d.Facts = &protocol.Facts{Device: "a", Arch: "arm"} }, func(d *DeviceRecord) { d.Facts.Arch = "arm64" }},
+		"b": {func(d *DeviceRecord) { d.Presence = &protocol.Presence{Device: "b", Status: protocol.Online} }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs, _ := s.Devices()
+	if len(devs) != 2 || devs[0].Facts.Arch != "arm64" || devs[1].Presence.Status != protocol.Online {
+		t.Fatalf("%+v", devs)
+	}
+}
