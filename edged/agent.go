@@ -175,7 +175,7 @@ func (a *Agent) driverNames() []string {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.state.close()
 	a.log.Info().Strs("drivers", a.driverNames()).Strs("brokers", a.cfg.Brokers).Msg("edged starting")
-	facts := gatherFacts(a.cfg.DeviceID, a.cfg.Labels, a.driverNames())
+	facts := gatherFacts(a.cfg.DeviceID, a.cfg.DataDir, a.cfg.Labels, a.driverNames())
 	if a.cfg.CPUMHz > 0 {
 		facts.CPUMHz = a.cfg.CPUMHz
 	}

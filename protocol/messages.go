@@ -123,6 +123,17 @@ type Facts struct {
 	MemoryMB int               `json:"memory_mb"` // total
 	Drivers  []string          `json:"drivers"`
 	Labels   map[string]string `json:"labels,omitempty"`
+	// DiskMB is the disk space offered to tasks (0: not reported).
+	DiskMB int `json:"disk_mb,omitempty"`
+	// Devices are countable devices tasks can request by name:
+	// "nvidia/gpu", "usb/1d6b:0002" (USB vendor:product, lowercase hex).
+	Devices []DeviceResource `json:"devices,omitempty"`
+}
+
+// DeviceResource is a kind of device and how many of it a device has.
+type DeviceResource struct {
+	Name  string `json:"name"`
+	Count int    `json:"count"`
 }
 
 // HasDriver reports whether the device offers the named driver.
@@ -401,6 +412,14 @@ func DecodeFacts(data []byte) (Facts, error) {
 	for _, k := range sortedKeys(f.Labels) {
 		if err := ValidateID(k); err != nil {
 			errs = append(errs, fieldErr("labels."+k, "invalid label key: %v", err))
+		}
+	}
+	if f.DiskMB < 0 {
+		errs = append(errs, fieldErr("disk_mb", "must not be negative"))
+	}
+	for i, d := range f.Devices {
+		if d.Name == "" || d.Count < 0 {
+			errs = append(errs, fieldErr(fmt.Sprintf("devices[%d]", i), "want a name and a count of 0 or more"))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
