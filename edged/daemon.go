@@ -47,6 +47,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
 	if err != nil {
 		return err
 	}
+	defer ex.Close()
 	drivers = append(drivers, ex)
 	if !cfg.DisablePodman {
 		pd, err := podman.Connect(ctx, podman.Config{Socket: cfg.PodmanSocket, DataDir: cfg.DataDir, Log: log.With().Str("driver", "podman").Logger()})

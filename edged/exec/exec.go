@@ -195,15 +195,17 @@ func (d *Driver) wait(name string, cmd *osexec.Cmd, ch *child, ticks uint64) {
 	// Close done before taking the lock: List and Stop may hold the lock
 	// while they wait for done.
 	close(ch.done)
+	if err := d.recordExit(name, ch.pid, ticks, ch.code, ch.at, ""); err != nil {
+		d.log.Error().Err(err).Str("instance", name).Msg("record exit")
+	}
+	// Forget the child only once its exit is on disk: until then List must
+	// find it here and take the code from it, not conclude from /proc that
+	// the process died without a parent (exit code unknown).
 	d.mu.Lock()
 	if d.children[name] == ch {
 		delete(d.children, name)
 	}
 	d.mu.Unlock()
-
-	if err := d.recordExit(name, ch.pid, ticks, ch.code, ch.at, ""); err != nil {
-		d.log.Error().Err(err).Str("instance", name).Msg("record exit")
-	}
 	d.log.Info().Str("instance", name).Int("pid", ch.pid).Int("code", ch.code).Msg("process exited")
 	d.notify()
 }
@@ -530,4 +532,28 @@ func envList(env map[string]string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Close waits, up to a few seconds, until the exit of every process that
+// has already ended is written to its record. Processes still running are
+// left alone: they outlive edged by design.
+func (d *Driver) Close() error {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		busy := false
+		d.mu.Lock()
+		for _, ch := range d.children {
+			select {
+			case <-ch.done:
+				busy = true // exited; its record is being written
+			default:
+			}
+		}
+		d.mu.Unlock()
+		if !busy {
+			return nil
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return nil
 }

@@ -56,6 +56,8 @@ func newDriver(t *testing.T, dir string) *exec.Driver {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Registered after the TempDir: runs before it is removed.
+	t.Cleanup(func() { d.Close() })
 	return d
 }
 
