@@ -61,7 +61,7 @@ func taskKey(alloc, task string) string { return alloc + "/" + task }
 // update, or the job stopped and run again) runs it again.
 func instanceHash(a protocol.Allocation, t protocol.Task) string {
 	h := protocol.SpecHash(t)
-	if a.Type == protocol.JobBatch {
+	if a.Type.RunsToCompletion() {
 		h += fmt.Sprintf("-v%d", a.JobVersion)
 	}
 	return h
@@ -267,7 +267,7 @@ func policy(t protocol.Task, typ protocol.JobType) protocol.RestartPolicy {
 // crashed, or could not be started (code -1). It returns what happens next:
 // complete (a batch task that exited 0), restarting, or failed.
 func onExit(rec *taskRecord, typ protocol.JobType, p protocol.RestartPolicy, code int, now time.Time) protocol.EventType {
-	if typ == protocol.JobBatch && code == 0 {
+	if typ.RunsToCompletion() && code == 0 {
 		rec.Complete = true
 		rec.NextStart = time.Time{}
 		return protocol.EventComplete

@@ -306,6 +306,13 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
 		cd := core.Device{ID: d.ID, Reported: map[string]protocol.AllocStatus{}}
 		if d.Facts != nil {
 			cd.Facts, cd.HasFacts = *d.Facts, true
+			cd.DiskMB = d.Facts.DiskMB
+			for _, r := range d.Facts.Devices {
+				if cd.Resources == nil {
+					cd.Resources = map[string]int{}
+				}
+				cd.Resources[r.Name] += r.Count
+			}
 		}
 		if d.Presence != nil {
 			cd.Presence = d.Presence.Status

@@ -320,3 +320,29 @@ func TestPlannerReadsThousandsOfRetainedDevices(t *testing.T) {
 		return s.Devices.Total == n && s.Devices.Online == n
 	})
 }
+
+// TestDeviceResourcesFromFacts: GPUs and disk the devices report in their
+// facts reach the scheduler, which never hands out more than there is.
+func TestDeviceResourcesFromFacts(t *testing.T) {
+	f := newFixture(t)
+	now := time.Now()
+	for _, d := range []struct {
+		id   string
+		gpus int
+	}{{"gpu1", 1}, {"nogpu", 0}} {
+		facts := protocol.Facts{Device: d.id, Arch: "arm64", OS: "linux", CPUMHz: 4000, MemoryMB: 4096, DiskMB: 1000, Drivers: []string{"podman"}}
+		if d.gpus > 0 {
+			facts.Devices = []protocol.DeviceResource{{Name: "nvidia/gpu", Count: d.gpus}}
+		}
+		f.publish(f.topics.Facts(d.id), facts)
+		f.publish(f.topics.Presence(d.id), protocol.Presence{Device: d.id, Status: protocol.Online, Since: &now})
+	}
+	f.startPlanner()
+	f.publish(f.topics.Job("infer"), `{"id":"infer","groups":[{"name":"g","count":2,"tasks":[{"name":"t","driver":"podman","config":{"image":"i"},"resources":{"cpu":100,"memory":64,"disk":100,"devices":[{"name":"nvidia/gpu"}]}}]}]}`)
+	st := wait(f, f.topics.JobStatus("infer"), protocol.DecodeJobStatus, "one placement and a reason", func(s protocol.JobStatus) bool {
+		return s.Counts.Placed == 1 && len(s.Groups) == 1 && s.Groups[0].Unplaced != ""
+	})
+	if st.Allocs[0].Device != "gpu1" || !strings.Contains(st.Groups[0].Unplaced, "nvidia/gpu") {
+		t.Fatalf("status %+v", st)
+	}
+}

@@ -2,13 +2,17 @@ package protocol
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,7 +33,32 @@ const (
 	// JobSystem runs one instance of each group on every feasible device,
 	// including devices that join later.
 	JobSystem JobType = "system"
+	// JobSysBatch runs one instance of each group to completion on every
+	// feasible device, including devices that join later. Like batch, an
+	// instance that succeeded is never started again for the same job
+	// version.
+	JobSysBatch JobType = "sysbatch"
 )
+
+// Valid reports whether t is a job type of protocol v1.
+func (t JobType) Valid() bool {
+	switch t {
+	case JobService, JobBatch, JobSystem, JobSysBatch:
+		return true
+	}
+	return false
+}
+
+// RunsToCompletion reports whether instances of the type run once to
+// completion (batch, sysbatch): a task that exits 0 is complete and is not
+// started again for the same job version. The others (service, system) are
+// restarted whenever they exit.
+func (t JobType) RunsToCompletion() bool { return t == JobBatch || t == JobSysBatch }
+
+// OnEveryDevice reports whether the type places one instance of each group
+// on every feasible device (system, sysbatch) rather than Count instances on
+// the best devices (service, batch).
+func (t JobType) OnEveryDevice() bool { return t == JobSystem || t == JobSysBatch }
 
 // Drivers known to protocol v1.
 const (
@@ -54,10 +83,18 @@ type Job struct {
 type Group struct {
 	Name string `json:"name"`
 	// Count is the number of instances for service and batch jobs; nil means
-	// 1. It is ignored for system jobs.
-	Count       *int         `json:"count,omitempty"`
+	// 1. It is ignored for system and sysbatch jobs.
+	Count *int `json:"count,omitempty"`
+	// Constraints are hard requirements: a device failing one never runs an
+	// instance of the group.
 	Constraints []Constraint `json:"constraints,omitempty"`
-	Tasks       []Task       `json:"tasks"`
+	// Affinities are soft preferences for devices, added to the ranking of
+	// service and batch groups.
+	Affinities []Affinity `json:"affinities,omitempty"`
+	// Spreads distribute the instances of service and batch groups over the
+	// values of device attributes.
+	Spreads []Spread `json:"spreads,omitempty"`
+	Tasks   []Task   `json:"tasks"`
 }
 
 // Instances is the number of instances the group asks for (service and batch).
@@ -68,21 +105,111 @@ func (g Group) Instances() int {
 	return *g.Count
 }
 
-// Constraint restricts the devices a group may be placed on.
+// Constraint restricts the devices a group may be placed on. Attribute is a
+// device attribute such as "${device.arch}" or "${device.labels.site}"; the
+// operators and the values they take:
+//
+//   - "=" (the default), "==", "!=": the attribute equals (does not equal)
+//     Value as a string. A missing label reads as "".
+//   - "<", "<=", ">", ">=": numeric comparison; Value must be a number and
+//     an attribute that is not a number never matches.
+//   - "version": the attribute, read as a version ("6.1.0-18-amd64"), lies in
+//     the range Value (">= 1.2, < 2.0"); see ParseVersionRange.
+//   - "regexp": the attribute matches the regular expression Value (Go
+//     syntax, unanchored).
+//   - "set_contains", "set_contains_any": the attribute is a comma-separated
+//     set holding every (any) item of the comma-separated list Value.
+//   - "is_set", "is_not_set": the attribute is (is not) set; no Value. A
+//     label is set when the device reports it, a text attribute when it is
+//     not empty; numbers are always set.
+//   - "distinct_hosts": no Attribute, no Value (or "true"): at most one
+//     instance of the group per device.
+//   - "distinct_property": at most Value (a positive integer, default 1)
+//     instances of the group per value of Attribute; devices without the
+//     attribute are not eligible.
 type Constraint struct {
 	Attribute string `json:"attribute"`
 	Operator  string `json:"operator,omitempty"`
 	Value     string `json:"value"`
 }
 
-// String renders the constraint as operators read it: "${device.arch} = arm64".
+// Constraint and affinity operators.
+const (
+	OpEqual            = "="
+	OpEqualEqual       = "=="
+	OpNotEqual         = "!="
+	OpLess             = "<"
+	OpLessEqual        = "<="
+	OpGreater          = ">"
+	OpGreaterEqual     = ">="
+	OpVersion          = "version"
+	OpRegexp           = "regexp"
+	OpSetContains      = "set_contains"
+	OpSetContainsAny   = "set_contains_any"
+	OpIsSet            = "is_set"
+	OpIsNotSet         = "is_not_set"
+	OpDistinctHosts    = "distinct_hosts"
+	OpDistinctProperty = "distinct_property"
+)
+
+// String renders the constraint as operators read it: "${device.arch} = arm64",
+// "${device.labels.gpu} is_set", "distinct_hosts",
+// "distinct_property ${device.labels.site}".
 func (c Constraint) String() string {
 	op := c.Operator
 	if op == "" {
-		op = "="
+		op = OpEqual
+	}
+	switch op {
+	case OpDistinctHosts:
+		return op
+	case OpDistinctProperty:
+		if c.Value == "" {
+			return op + " " + c.Attribute
+		}
+		return op + " " + c.Attribute + " " + c.Value
+	case OpIsSet, OpIsNotSet:
+		return c.Attribute + " " + op
 	}
 	return c.Attribute + " " + op + " " + c.Value
 }
+
+// Affinity is a soft preference: devices matching Attribute Operator Value
+// (as for a Constraint, without the distinct_* operators) rank higher when
+// Weight is positive, lower when it is negative. Weights range from -100 to
+// 100, not 0, and count relative to the sum of the group's weights, as in
+// Nomad.
+type Affinity struct {
+	Attribute string `json:"attribute"`
+	Operator  string `json:"operator,omitempty"`
+	Value     string `json:"value,omitempty"`
+	Weight    int    `json:"weight"`
+}
+
+// Constraint returns the affinity's condition as a constraint.
+func (a Affinity) Constraint() Constraint {
+	return Constraint{Attribute: a.Attribute, Operator: a.Operator, Value: a.Value}
+}
+
+// Spread distributes a group's instances over the values of a device
+// attribute: evenly when there are no Targets, else in the target
+// proportions, values not listed sharing what the targets leave of 100%.
+// Weight (1 to 100, default 50) counts relative to the group's other spreads.
+type Spread struct {
+	Attribute string         `json:"attribute"`
+	Weight    int            `json:"weight,omitempty"`
+	Targets   []SpreadTarget `json:"targets,omitempty"`
+}
+
+// SpreadTarget asks for Percent of a group's instances on devices whose
+// spread attribute is Value.
+type SpreadTarget struct {
+	Value   string `json:"value"`
+	Percent int    `json:"percent"`
+}
+
+// DefaultSpreadWeight is the weight of a spread that gives none.
+const DefaultSpreadWeight = 50
 
 // Task is one process: a container (podman) or a plain process (exec).
 type Task struct {
@@ -105,10 +232,22 @@ type TaskConfig struct {
 	Network string `json:"network,omitempty"`
 }
 
-// Resources a task reserves on its device.
+// Resources a task reserves on its device. Disk and Devices are omitted from
+// the JSON form when empty, so that tasks written before they existed keep
+// their SpecHash.
 type Resources struct {
-	CPU    int `json:"cpu"`    // MHz
-	Memory int `json:"memory"` // MB
+	CPU     int             `json:"cpu"`            // MHz
+	Memory  int             `json:"memory"`         // MB
+	Disk    int             `json:"disk,omitempty"` // MB
+	Devices []DeviceRequest `json:"devices,omitempty"`
+}
+
+// DeviceRequest asks for Count (default 1) units of a device resource, by the
+// name devices report it under: "nvidia/gpu", "usb/1d6b:0002" (USB vendor
+// and product id, lowercase hex).
+type DeviceRequest struct {
+	Name  string `json:"name"`
+	Count int    `json:"count,omitempty"`
 }
 
 // RestartPolicy says what edged does when a task exits.
@@ -131,9 +270,11 @@ const (
 	DefaultMemory = 64
 )
 
-// DefaultRestart returns the restart policy used when a task has none.
+// DefaultRestart returns the restart policy used when a task has none: batch
+// and sysbatch tasks get Nomad's batch defaults, the others its service
+// defaults.
 func DefaultRestart(t JobType) RestartPolicy {
-	if t == JobBatch {
+	if t.RunsToCompletion() {
 		return RestartPolicy{Attempts: 3, Delay: Duration(15 * time.Second), Interval: Duration(24 * time.Hour), Mode: RestartFail}
 	}
 	return RestartPolicy{Attempts: 2, Delay: Duration(15 * time.Second), Interval: Duration(30 * time.Minute), Mode: RestartFail}
@@ -214,8 +355,9 @@ func underAny(path string, shape []error) bool {
 	return false
 }
 
-// Normalize fills in defaults: type service, count 1, default resources and
-// restart policy. It is idempotent.
+// Normalize fills in defaults: type service, count 1, operator "=", spread
+// weight 50, device request count 1, default resources and restart policy.
+// It is idempotent.
 func (j *Job) Normalize() {
 	if j.Type == "" {
 		j.Type = JobService
@@ -228,7 +370,17 @@ func (j *Job) Normalize() {
 		}
 		for ci := range g.Constraints {
 			if g.Constraints[ci].Operator == "" {
-				g.Constraints[ci].Operator = "="
+				g.Constraints[ci].Operator = OpEqual
+			}
+		}
+		for ai := range g.Affinities {
+			if g.Affinities[ai].Operator == "" {
+				g.Affinities[ai].Operator = OpEqual
+			}
+		}
+		for si := range g.Spreads {
+			if g.Spreads[si].Weight == 0 {
+				g.Spreads[si].Weight = DefaultSpreadWeight
 			}
 		}
 		for ti := range g.Tasks {
@@ -238,6 +390,11 @@ func (j *Job) Normalize() {
 			}
 			if t.Resources.Memory == 0 {
 				t.Resources.Memory = DefaultMemory
+			}
+			for di := range t.Resources.Devices {
+				if t.Resources.Devices[di].Count == 0 {
+					t.Resources.Devices[di].Count = 1
+				}
 			}
 			def := DefaultRestart(j.Type)
 			if t.Restart == nil {
@@ -259,7 +416,17 @@ func (j *Job) Normalize() {
 
 var attributePattern = regexp.MustCompile(`^\$\{device\.(arch|os|kernel|id|hostname|cpu\.cores|cpu\.mhz|memory|labels\.[A-Za-z0-9_.-]+)\}$`)
 
-var operators = map[string]bool{"=": true, "==": true, "!=": true}
+const attributeHint = "want ${device.arch|os|kernel|id|hostname|cpu.cores|cpu.mhz|memory} or ${device.labels.KEY}"
+
+// Operators in the order error messages list them.
+var (
+	matchOperators = []string{OpEqual, OpEqualEqual, OpNotEqual, OpLess, OpLessEqual, OpGreater, OpGreaterEqual,
+		OpVersion, OpRegexp, OpSetContains, OpSetContainsAny, OpIsSet, OpIsNotSet}
+	constraintOperators = append(slices.Clone(matchOperators), OpDistinctHosts, OpDistinctProperty)
+)
+
+// MaxCount is the largest count of a group.
+const MaxCount = 10000
 
 // Validate reports every problem of a normalized job, each with its path.
 func (j Job) Validate() error {
@@ -268,10 +435,8 @@ func (j Job) Validate() error {
 	if err := ValidateID(j.ID); err != nil {
 		add("id", "%v", err)
 	}
-	switch j.Type {
-	case JobService, JobBatch, JobSystem:
-	default:
-		add("type", "unknown job type %q, want service, batch or system", j.Type)
+	if !j.Type.Valid() {
+		add("type", "unknown job type %q, want service, batch, system or sysbatch", j.Type)
 	}
 	if len(j.Groups) == 0 {
 		add("groups", "want at least one group")
@@ -286,17 +451,31 @@ func (j Job) Validate() error {
 		} else {
 			groupNames[g.Name] = gi
 		}
-		if g.Count != nil && (*g.Count < 0 || *g.Count > 10000) {
-			add(gp+".count", "want 0 to 10000, got %d", *g.Count)
+		if g.Count != nil && (*g.Count < 0 || *g.Count > MaxCount) {
+			add(gp+".count", "want 0 to %d, got %d", MaxCount, *g.Count)
 		}
 		for ci, c := range g.Constraints {
-			cp := fmt.Sprintf("%s.constraints[%d]", gp, ci)
-			if !attributePattern.MatchString(c.Attribute) {
-				add(cp+".attribute", "unknown attribute %q, want ${device.arch|os|kernel|id|hostname|cpu.cores|cpu.mhz|memory} or ${device.labels.KEY}", c.Attribute)
+			errs = append(errs, validateConstraint(fmt.Sprintf("%s.constraints[%d]", gp, ci), c, constraintOperators)...)
+		}
+		if j.Type.OnEveryDevice() && len(g.Affinities) > 0 {
+			add(gp+".affinities", "not used by %s jobs, which run on every feasible device", j.Type)
+		}
+		for ai, a := range g.Affinities {
+			ap := fmt.Sprintf("%s.affinities[%d]", gp, ai)
+			errs = append(errs, validateConstraint(ap, a.Constraint(), matchOperators)...)
+			switch {
+			case a.Weight == 0:
+				add(ap+".weight", "required: a non-zero weight from -100 to 100")
+			case a.Weight < -100 || a.Weight > 100:
+				add(ap+".weight", "want -100 to 100, got %d", a.Weight)
 			}
-			if !operators[c.Operator] {
-				add(cp+".operator", "unknown operator %q, want =, == or !=", c.Operator)
-			}
+		}
+		if j.Type.OnEveryDevice() && len(g.Spreads) > 0 {
+			add(gp+".spreads", "not used by %s jobs, which run on every feasible device", j.Type)
+		}
+		spreadAttrs := map[string]int{}
+		for si, sp := range g.Spreads {
+			errs = append(errs, validateSpread(fmt.Sprintf("%s.spreads[%d]", gp, si), sp, spreadAttrs, si)...)
 		}
 		if len(g.Tasks) == 0 {
 			add(gp+".tasks", "want at least one task")
@@ -315,6 +494,100 @@ func (j Job) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateConstraint checks a constraint (or an affinity's condition, with
+// the operators it allows) at path cp.
+func validateConstraint(cp string, c Constraint, allowed []string) []error {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, fieldErr(path, format, args...)) }
+	if !slices.Contains(allowed, c.Operator) {
+		add(cp+".operator", "unknown operator %q, want %s", c.Operator, strings.Join(allowed, ", "))
+	}
+	if c.Operator == OpDistinctHosts {
+		if c.Attribute != "" {
+			add(cp+".attribute", "not used by operator distinct_hosts")
+		}
+	} else if !attributePattern.MatchString(c.Attribute) {
+		add(cp+".attribute", "unknown attribute %q, %s", c.Attribute, attributeHint)
+	}
+	if err := checkOperand(c.Operator, c.Value); err != "" {
+		add(cp+".value", "%s", err)
+	}
+	return errs
+}
+
+// checkOperand says what is wrong with value as the operand of op, or "".
+// Unknown operators are reported by the caller.
+func checkOperand(op, value string) string {
+	switch op {
+	case OpLess, OpLessEqual, OpGreater, OpGreaterEqual:
+		if _, err := ParseNumber(value); err != nil {
+			return fmt.Sprintf("want a number for operator %s, got %q", op, value)
+		}
+	case OpVersion:
+		if _, err := ParseVersionRange(value); err != nil {
+			return fmt.Sprintf("want a version range such as \">= 1.2, < 2.0\" for operator version: %v", err)
+		}
+	case OpRegexp:
+		if _, err := regexp.Compile(value); err != nil {
+			return fmt.Sprintf("invalid regular expression for operator regexp: %v", err)
+		}
+	case OpSetContains, OpSetContainsAny:
+		if len(SplitSet(value)) == 0 {
+			return fmt.Sprintf("want a comma-separated list of values for operator %s", op)
+		}
+	case OpIsSet, OpIsNotSet:
+		if value != "" {
+			return fmt.Sprintf("not used by operator %s, got %q", op, value)
+		}
+	case OpDistinctHosts:
+		if value != "" && value != "true" {
+			return fmt.Sprintf("not used by operator distinct_hosts, got %q", value)
+		}
+	case OpDistinctProperty:
+		if _, err := DistinctLimit(value); err != nil {
+			return fmt.Sprintf("want the number of instances allowed per value (a positive integer, default 1) for operator distinct_property, got %q", value)
+		}
+	}
+	return ""
+}
+
+// validateSpread checks a spread at path sp; attrs maps the attributes of the
+// group's spreads seen so far to their index.
+func validateSpread(sp string, s Spread, attrs map[string]int, si int) []error {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, fieldErr(path, format, args...)) }
+	if !attributePattern.MatchString(s.Attribute) {
+		add(sp+".attribute", "unknown attribute %q, %s", s.Attribute, attributeHint)
+	} else if prev, dup := attrs[s.Attribute]; dup {
+		add(sp+".attribute", "duplicate spread attribute %q, also used by spreads[%d]", s.Attribute, prev)
+	} else {
+		attrs[s.Attribute] = si
+	}
+	if s.Weight < 1 || s.Weight > 100 {
+		add(sp+".weight", "want 1 to 100, got %d", s.Weight)
+	}
+	sum := 0
+	values := map[string]int{}
+	for ti, t := range s.Targets {
+		tp := fmt.Sprintf("%s.targets[%d]", sp, ti)
+		if t.Value == "" {
+			add(tp+".value", "required")
+		} else if prev, dup := values[t.Value]; dup {
+			add(tp+".value", "duplicate target value %q, also used by targets[%d]", t.Value, prev)
+		} else {
+			values[t.Value] = ti
+		}
+		if t.Percent < 0 || t.Percent > 100 {
+			add(tp+".percent", "want 0 to 100, got %d", t.Percent)
+		}
+		sum += t.Percent
+	}
+	if sum > 100 {
+		add(sp+".targets", "percentages sum to %d, want at most 100", sum)
+	}
+	return errs
 }
 
 func validateTask(tp string, t Task) []error {
@@ -357,6 +630,23 @@ func validateTask(tp string, t Task) []error {
 	}
 	if t.Resources.Memory < 0 {
 		add(tp+".resources.memory", "want a positive number of MB, got %d", t.Resources.Memory)
+	}
+	if t.Resources.Disk < 0 {
+		add(tp+".resources.disk", "want a positive number of MB, got %d", t.Resources.Disk)
+	}
+	devices := map[string]int{}
+	for di, d := range t.Resources.Devices {
+		dp := fmt.Sprintf("%s.resources.devices[%d]", tp, di)
+		if err := ValidateDeviceName(d.Name); err != nil {
+			add(dp+".name", "%v", err)
+		} else if prev, dup := devices[d.Name]; dup {
+			add(dp+".name", "duplicate device %q, also requested by devices[%d]", d.Name, prev)
+		} else {
+			devices[d.Name] = di
+		}
+		if d.Count < 1 {
+			add(dp+".count", "want 1 or more, got %d", d.Count)
+		}
 	}
 	if r := t.Restart; r != nil {
 		if r.Attempts < 0 {
@@ -418,4 +708,269 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// Equal reports whether two tasks have the same spec: it agrees with
+// comparing their SpecHash (nil and empty lists and maps are equal, as in
+// JSON), without encoding or hashing. The planner compares every allocation
+// with its job this way.
+func (t Task) Equal(o Task) bool {
+	if t.Name != o.Name || t.Driver != o.Driver ||
+		t.Config.Image != o.Config.Image || t.Config.Network != o.Config.Network ||
+		!slices.Equal(t.Config.Command, o.Config.Command) ||
+		len(t.Env) != len(o.Env) ||
+		t.Resources.CPU != o.Resources.CPU || t.Resources.Memory != o.Resources.Memory || t.Resources.Disk != o.Resources.Disk ||
+		!slices.Equal(t.Resources.Devices, o.Resources.Devices) {
+		return false
+	}
+	for k, v := range t.Env {
+		if w, ok := o.Env[k]; !ok || w != v {
+			return false
+		}
+	}
+	switch {
+	case t.Restart == nil || o.Restart == nil:
+		return t.Restart == nil && o.Restart == nil
+	default:
+		return *t.Restart == *o.Restart
+	}
+}
+
+// ParseNumber reads the operand of a numeric comparison ("4", "2.5", "-1"):
+// a finite decimal number.
+func ParseNumber(s string) (float64, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return 0, fmt.Errorf("not a number: %q", s)
+	}
+	return f, nil
+}
+
+// SplitSet reads a comma-separated set ("a, b,c") into its items, without
+// surrounding spaces and empty items.
+func SplitSet(s string) []string {
+	var out []string
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// DistinctLimit reads the value of a distinct_property constraint: how many
+// instances may share one value of the attribute, 1 when value is empty.
+func DistinctLimit(value string) (int, error) {
+	if value == "" {
+		return 1, nil
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("want a positive integer, got %q", value)
+	}
+	return n, nil
+}
+
+var (
+	deviceNamePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*(/[a-z0-9][a-z0-9_.:-]*){0,2}$`)
+	usbNamePattern    = regexp.MustCompile(`^usb/[0-9a-f]{4}:[0-9a-f]{4}$`)
+)
+
+// ValidateDeviceName checks the name of a device resource, as tasks request
+// it and devices report it: lowercase segments separated by "/", such as
+// "nvidia/gpu", and for USB devices "usb/VENDOR:PRODUCT" with 4 lowercase hex
+// digits each ("usb/1d6b:0002").
+func ValidateDeviceName(name string) error {
+	switch {
+	case name == "":
+		return errors.New("required, e.g. nvidia/gpu or usb/1d6b:0002")
+	case strings.HasPrefix(name, "usb/") && !usbNamePattern.MatchString(name):
+		return fmt.Errorf("want usb/VENDOR:PRODUCT with 4 lowercase hex digits each, e.g. usb/1d6b:0002, got %q", name)
+	case !deviceNamePattern.MatchString(name):
+		return fmt.Errorf("want a device name of lowercase letters, digits and . _ - : such as nvidia/gpu, got %q", name)
+	}
+	return nil
+}
+
+// SemVer is a dotted version: numeric segments ("1.2", "6.1.0", "2024.10"),
+// optionally a pre-release after "-" ("1.0.0-rc.1", "6.1.0-18-amd64") and
+// build metadata after "+", which is ignored ("6.1.21-v8+"). A leading "v" is
+// allowed.
+type SemVer struct {
+	Segments   []uint64
+	Prerelease []string // dot-separated identifiers; nil for a release
+}
+
+// ParseVersion reads a version; see SemVer.
+func ParseVersion(s string) (SemVer, error) {
+	var v SemVer
+	rest := s
+	if len(rest) > 1 && rest[0] == 'v' && rest[1] >= '0' && rest[1] <= '9' {
+		rest = rest[1:]
+	}
+	rest, _, _ = strings.Cut(rest, "+")
+	rest, pre, hasPre := strings.Cut(rest, "-")
+	if rest == "" {
+		return v, fmt.Errorf("invalid version %q: no number", s)
+	}
+	for seg := range strings.SplitSeq(rest, ".") {
+		n, err := strconv.ParseUint(seg, 10, 64)
+		if err != nil {
+			return SemVer{}, fmt.Errorf("invalid version %q: segment %q is not a number", s, seg)
+		}
+		v.Segments = append(v.Segments, n)
+	}
+	if hasPre {
+		for id := range strings.SplitSeq(pre, ".") {
+			if id == "" || strings.IndexFunc(id, func(r rune) bool {
+				return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-')
+			}) >= 0 {
+				return SemVer{}, fmt.Errorf("invalid version %q: bad pre-release %q", s, pre)
+			}
+			v.Prerelease = append(v.Prerelease, id)
+		}
+	}
+	return v, nil
+}
+
+// compareSegments compares numeric segments, missing ones counting as 0, so
+// that 1.2 equals 1.2.0.
+func compareSegments(a, b []uint64) int {
+	for i := range max(len(a), len(b)) {
+		var x, y uint64
+		if i < len(a) {
+			x = a[i]
+		}
+		if i < len(b) {
+			y = b[i]
+		}
+		if c := cmp.Compare(x, y); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// Compare orders versions by semantic-versioning precedence: segments
+// numerically, then a pre-release before the release, pre-releases
+// identifier by identifier (numbers numerically and before words).
+func (v SemVer) Compare(o SemVer) int {
+	if c := compareSegments(v.Segments, o.Segments); c != 0 {
+		return c
+	}
+	switch {
+	case v.Prerelease == nil && o.Prerelease == nil:
+		return 0
+	case v.Prerelease == nil:
+		return 1
+	case o.Prerelease == nil:
+		return -1
+	}
+	for i := range min(len(v.Prerelease), len(o.Prerelease)) {
+		a, b := v.Prerelease[i], o.Prerelease[i]
+		na, errA := strconv.ParseUint(a, 10, 64)
+		nb, errB := strconv.ParseUint(b, 10, 64)
+		var c int
+		switch {
+		case errA == nil && errB == nil:
+			c = cmp.Compare(na, nb)
+		case errA == nil:
+			c = -1
+		case errB == nil:
+			c = 1
+		default:
+			c = strings.Compare(a, b)
+		}
+		if c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(v.Prerelease), len(o.Prerelease))
+}
+
+// VersionRange is a conjunction of version comparisons.
+type VersionRange []VersionClause
+
+// VersionClause is one comparison of a VersionRange. Op is one of =, !=, <,
+// <=, >, >= and ~> (pessimistic: "~> 1.2" is ">= 1.2, < 2", "~> 1.2.3" is
+// ">= 1.2.3, < 1.3").
+type VersionClause struct {
+	Op      string
+	Version SemVer
+}
+
+var versionOps = []string{">=", "<=", "!=", "~>", "==", "=", ">", "<"} // longest first
+
+// ParseVersionRange reads a version range: comma-separated clauses, each an
+// optional operator (default =) and a version, e.g. ">= 1.2, < 2.0" or
+// "~> 6.1".
+func ParseVersionRange(s string) (VersionRange, error) {
+	var r VersionRange
+	for clause := range strings.SplitSeq(s, ",") {
+		clause = strings.TrimSpace(clause)
+		if clause == "" {
+			return nil, fmt.Errorf("empty clause in %q", s)
+		}
+		op := "="
+		for _, o := range versionOps {
+			if rest, ok := strings.CutPrefix(clause, o); ok {
+				op, clause = o, strings.TrimSpace(rest)
+				break
+			}
+		}
+		if op == "==" {
+			op = "="
+		}
+		v, err := ParseVersion(clause)
+		if err != nil {
+			return nil, err
+		}
+		r = append(r, VersionClause{Op: op, Version: v})
+	}
+	return r, nil
+}
+
+// Contains reports whether v satisfies every clause. A clause whose version
+// has no pre-release compares only the segments of v, so that the kernel
+// "6.1.0-18-amd64" satisfies ">= 6.1"; one with a pre-release compares by
+// full precedence ("1.0.0-rc.2" satisfies ">= 1.0.0-rc.1").
+func (r VersionRange) Contains(v SemVer) bool {
+	for _, c := range r {
+		var d int
+		if c.Version.Prerelease == nil {
+			d = compareSegments(v.Segments, c.Version.Segments)
+		} else {
+			d = v.Compare(c.Version)
+		}
+		var ok bool
+		switch c.Op {
+		case "=":
+			ok = d == 0
+		case "!=":
+			ok = d != 0
+		case "<":
+			ok = d < 0
+		case "<=":
+			ok = d <= 0
+		case ">":
+			ok = d > 0
+		case ">=":
+			ok = d >= 0
+		case "~>":
+			ok = d >= 0 && compareSegments(v.Segments, pessimisticBound(c.Version.Segments)) < 0
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// pessimisticBound is the exclusive upper bound of "~> segs": the
+// next-to-last segment bumped ("1.2.3" → 1.3, "1.2" → 2), or the only one.
+func pessimisticBound(segs []uint64) []uint64 {
+	i := max(len(segs)-2, 0)
+	bound := slices.Clone(segs[:i+1])
+	bound[i]++
+	return bound
 }

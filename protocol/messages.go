@@ -305,9 +305,7 @@ func DecodeDesired(data []byte) (Desired, error) {
 		if err := ValidateID(a.Group); err != nil {
 			errs = append(errs, fieldErr(p+".group", "%v", err))
 		}
-		switch a.Type {
-		case JobService, JobBatch, JobSystem:
-		default:
+		if !a.Type.Valid() {
 			errs = append(errs, fieldErr(p+".type", "unknown job type %q", a.Type))
 		}
 		if len(a.Tasks) == 0 {
@@ -418,8 +416,11 @@ func DecodeFacts(data []byte) (Facts, error) {
 		errs = append(errs, fieldErr("disk_mb", "must not be negative"))
 	}
 	for i, d := range f.Devices {
-		if d.Name == "" || d.Count < 0 {
-			errs = append(errs, fieldErr(fmt.Sprintf("devices[%d]", i), "want a name and a count of 0 or more"))
+		if err := ValidateDeviceName(d.Name); err != nil {
+			errs = append(errs, fieldErr(fmt.Sprintf("devices[%d].name", i), "%v", err))
+		}
+		if d.Count < 0 {
+			errs = append(errs, fieldErr(fmt.Sprintf("devices[%d].count", i), "must not be negative"))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -134,7 +134,7 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 		}
 		switch st.State {
 		case protocol.JobRunning, protocol.JobComplete:
-			if st.Type == protocol.JobBatch && st.State != protocol.JobComplete && st.Counts.Placed > 0 {
+			if st.Type.RunsToCompletion() && st.State != protocol.JobComplete && st.Counts.Placed > 0 {
 				continue // a batch job is done when it completed
 			}
 			if st.Counts.Placed == 0 {

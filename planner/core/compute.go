@@ -4,29 +4,52 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/tether-edge/tether/protocol"
 )
 
 // AllocID is the deterministic id of instance index of a job's group on a
-// device: "<job>.<group>.<index>-<first 6 hex digits of sha256(device)>".
-// System allocations use index 0. The device hash keeps ids unique when an
-// instance moves to another device, so a stop and its replacement never
-// share an id.
+// device: "<job>.<group>.<index>-<first 12 hex digits of sha256(device)>".
+// System and sysbatch allocations use index 0. The device hash keeps ids
+// unique when an instance moves to another device, so a stop and its
+// replacement never share an id. Should two devices' hashes share their
+// first 48 bits (for 100,000 devices, about one chance in 50,000), Compute
+// gives the later placement the whole hash instead, so that ids stay unique;
+// ids of earlier versions, with 6 hex digits, remain valid.
 func AllocID(job, group string, index int, device string) string {
+	return allocID(job, group, index, deviceSuffix(device))
+}
+
+func deviceSuffix(device string) string {
 	sum := sha256.Sum256([]byte(device))
-	return fmt.Sprintf("%s.%s.%d-%s", job, group, index, hex.EncodeToString(sum[:3]))
+	return hex.EncodeToString(sum[:6])
+}
+
+func allocID(job, group string, index int, suffix string) string {
+	var b strings.Builder
+	b.Grow(len(job) + len(group) + len(suffix) + 24)
+	b.WriteString(job)
+	b.WriteByte('.')
+	b.WriteString(group)
+	b.WriteByte('.')
+	var num [20]byte
+	b.Write(strconv.AppendInt(num[:0], int64(index), 10))
+	b.WriteByte('-')
+	b.WriteString(suffix)
+	return b.String()
 }
 
 // Compute plans the allocations of every job over every device. It is pure
 // and deterministic: it does not modify s, does no I/O, and the same s always
-// yields the same Plan (now is only copied into Plan.Now). The Plan shares
-// task data with s and must be treated as read-only. See the package
-// documentation for the flow; the rules in short:
+// yields the same Plan, whatever the order of its slices (now is only copied
+// into Plan.Now). The Plan shares task data with s and must be treated as
+// read-only; Plan.Allocations may share its array with Plan.Keep or
+// Plan.Place. See the package documentation for the flow; the rules in short:
 //
 //   - Jobs are handled in id order (for duplicate ids the highest version
 //     wins), groups in document order. Every existing allocation is judged
@@ -34,76 +57,66 @@ func AllocID(job, group string, index int, device string) string {
 //     allocations keep their resources.
 //   - An existing allocation is stopped when its job is stopped or absent,
 //     its group is gone, its index is out of range (index >= count, or not 0
-//     for a system group), its device is gone or no longer passes the
-//     feasibility checks other than presence, or it no longer fits its
-//     device. Allocations on offline devices are kept. When several
-//     allocations claim one slot (an index, or a device for system groups),
-//     one survives: a complete batch allocation, else the first current one
-//     (by id) that fits, else the first stale one (by id) whose update fits.
-//   - An allocation whose version, type or tasks (by protocol.SpecHash)
-//     differ from the job's is updated in place (same id and device, the
-//     job's version, type and tasks) when the new demand fits its device;
-//     otherwise it is stopped and its slot placed again. A new version
-//     re-runs complete batch allocations this way.
-//   - A batch allocation reported complete at its version is kept as is,
-//     whatever its device has become: it is never restarted or re-placed.
-//     Failed allocations are kept too (no rescheduling in this version).
+//     for a system or sysbatch group), its device is gone or no longer passes
+//     the feasibility checks other than presence, it would break a
+//     distinct_hosts or distinct_property constraint given the allocations
+//     kept before it (in slot order), or it no longer fits its device.
+//     Allocations on offline devices are kept. When several allocations
+//     claim one slot (an index, or a device for system and sysbatch groups),
+//     one survives: a complete batch or sysbatch allocation, else the first
+//     current one (by id) that is admitted, else the first stale one (by id)
+//     whose update is.
+//   - An allocation whose version, type or tasks (by protocol.Task.Equal,
+//     which agrees with protocol.SpecHash) differ from the job's is updated
+//     in place (same id and device, the job's version, type and tasks) when
+//     the new demand fits its device; otherwise it is stopped and its slot
+//     placed again. A new version re-runs complete batch and sysbatch
+//     allocations this way.
+//   - A batch or sysbatch allocation reported complete at its version is
+//     kept as is, whatever its device has become: it is never restarted or
+//     re-placed. Failed allocations are kept too (no rescheduling in this
+//     version).
 //   - Terminal allocations (reported complete or failed at their version)
-//     reserve nothing. A report about another version is about the previous
-//     run, so it does not make an updated allocation terminal.
+//     reserve nothing and do not count for distinct_hosts,
+//     distinct_property or spread. A report about another version is about
+//     the previous run, so it does not make an updated allocation terminal.
 //   - Free slots are placed on the best feasible online device that has room;
-//     see rank.go. System groups get one allocation on every such device.
+//     see rank.go. System and sysbatch groups get one allocation on every
+//     such device.
 //   - Groups has an entry for every job that is not stopped. Desired is the
-//     count for service and batch groups; for system groups it is the number
-//     of devices that either run the group already or pass every
-//     feasibility check but resources. Placed counts the group's allocations
-//     in Plan.Allocations (kept, updated and placed). Unplaced explains the
-//     difference; see unplacedMessage.
+//     count for service and batch groups; for system and sysbatch groups it
+//     is the number of devices that either run the group already or pass
+//     every feasibility check but resources. Placed counts the group's
+//     allocations in Plan.Allocations (kept, updated and placed). Unplaced
+//     explains the difference; see unplacedMessage.
 func Compute(s Snapshot, now time.Time) Plan {
-	p := newPlanner(s.Devices)
+	return compute(s, now, nil)
+}
+
+// compute is Compute with the choice of the best device replaceable, so that
+// tests can check the ranker against a scan of every device.
+func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, bool)) Plan {
+	p := newPlanner(s.Devices, s.Allocations)
+	p.pick = pick
 	jobs := latestJobs(s.Jobs)
-	byID := make(map[string]*Job, len(jobs))
-	for i := range jobs {
-		byID[jobs[i].Job.ID] = &jobs[i]
-	}
-
-	// Match existing allocations to their group, in slot order.
-	allocs := slices.Clone(s.Allocations)
-	slices.SortFunc(allocs, func(a, b Alloc) int {
-		return cmp.Or(cmp.Compare(a.Job, b.Job), cmp.Compare(a.Group, b.Group),
-			cmp.Compare(a.Index, b.Index), cmp.Compare(a.ID, b.ID), cmp.Compare(a.Device, b.Device))
-	})
-	type groupKey struct{ job, group string }
-	existing := map[groupKey][]Alloc{}
-	seen := map[string]string{} // id → device
-	for _, a := range allocs {
-		if dev, dup := seen[a.ID]; dup {
-			if dev != a.Device {
-				p.stop = append(p.stop, a) // same id elsewhere: ids must be unique
-			}
-			continue // an exact duplicate is the same allocation
-		}
-		seen[a.ID] = a.Device
-		j := byID[a.Job]
-		if j == nil || j.Stopped || !slices.ContainsFunc(j.Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group }) {
-			p.stop = append(p.stop, a)
-			continue
-		}
-		k := groupKey{a.Job, a.Group}
-		existing[k] = append(existing[k], a)
-	}
-
+	byID := make(map[string]*jobPlan, len(jobs))
 	var groups []*groupPlan
 	for i := range jobs {
 		j := &jobs[i]
+		jp := &jobPlan{}
+		byID[j.Job.ID] = jp
 		if j.Stopped {
 			continue
 		}
 		for gi := range j.Job.Groups {
-			gp := newGroupPlan(j, &j.Job.Groups[gi])
-			p.keepPass(gp, existing[groupKey{j.Job.ID, gp.group.Name}])
+			gp := p.newGroupPlan(j, &j.Job.Groups[gi])
+			jp.groups = append(jp.groups, gp)
 			groups = append(groups, gp)
 		}
+	}
+	p.route(byID)
+	for _, gp := range groups {
+		p.keepPass(gp)
 	}
 	for _, gp := range groups {
 		p.updatePass(gp)
@@ -112,17 +125,37 @@ func Compute(s Snapshot, now time.Time) Plan {
 		p.placePass(gp)
 	}
 
+	keep := seg{allocs: p.allocs, idx: p.keep, devs: p.keepDev}
+	update := seg{allocs: p.update, devs: p.updateDev}
+	var place []seg
+	placed := 0
+	for _, gp := range groups {
+		if len(gp.placed) > 0 {
+			place = append(place, seg{allocs: gp.placed, devs: gp.placedDev})
+			placed += len(gp.placed)
+		}
+	}
 	plan := Plan{
-		Place:  sortByDevice(p.place),
-		Update: sortByDevice(p.update),
-		Stop:   sortByDevice(p.stop),
-		Keep:   sortByDevice(p.keep),
+		Place:  p.byDevice(place...),
+		Update: p.byDevice(update),
+		Keep:   p.byDevice(keep),
+		Stop:   sortStops(p.stop),
 		Groups: map[string][]protocol.GroupStatus{},
 		Now:    now,
 	}
-	all := make([]Alloc, 0, len(p.keep)+len(p.update)+len(p.place))
-	all = append(append(append(all, p.keep...), p.update...), p.place...)
-	plan.Allocations = sortByDevice(all)
+	// When only one bucket has allocations, Allocations is that bucket:
+	// share the (read-only) slice.
+	switch {
+	case len(p.update)+placed == 0:
+		plan.Allocations = plan.Keep
+	case len(p.keep)+len(p.update) == 0:
+		plan.Allocations = plan.Place
+	default:
+		plan.Allocations = p.byDevice(append([]seg{keep, update}, place...)...)
+	}
+	if plan.Allocations == nil {
+		plan.Allocations = []Alloc{}
+	}
 	for i := range jobs {
 		if !jobs[i].Stopped {
 			plan.Groups[jobs[i].Job.ID] = make([]protocol.GroupStatus, 0, len(jobs[i].Job.Groups))
@@ -134,146 +167,474 @@ func Compute(s Snapshot, now time.Time) Plan {
 	return plan
 }
 
-// planner is the working state of one Compute.
+// planner is the working state of one Compute. Devices are known by their
+// index in devs, which is sorted by id, so that visiting indices in order
+// visits ids in order and per-device state lives in slices.
 type planner struct {
-	devices   map[string]*Device
-	deviceIDs []string             // sorted
-	used      map[string]resources // reserved so far, by device
-	keep      []Alloc
-	update    []Alloc
-	place     []Alloc
-	stop      []Alloc
+	devs    []*Device        // sorted by id; the first entry of a duplicate id wins
+	index   map[string]int32 // device id → index in devs
+	used    []resources      // reserved so far, by device
+	usedDev []map[string]int // device resources reserved so far, by device; nil until needed
+	suffix  []string         // deviceSuffix by device, computed when first needed
+	memos   map[string]*feasMemo
+	binPack binPackMemo
+	pick    func(*planner, *groupPlan) (int32, bool) // replaces the ranker in tests
+
+	allocs []Alloc // the snapshot's, read-only
+	ids    *idSet  // every allocation id in use: the snapshot's and those placed
+
+	keep               []int32 // indices in allocs of the kept allocations
+	update             []Alloc
+	keepDev, updateDev []int32 // device index of each, in parallel
+	stop               []Alloc
+
+	// Buffers reused by the ranker of one group after another.
+	rankBuf []rankEntry
+	heapBuf []heapEntry
+	devBuf  []int32
 }
 
-func newPlanner(devices []Device) *planner {
-	p := &planner{devices: make(map[string]*Device, len(devices)), used: map[string]resources{}}
+// feasMemo holds the result of keepChecks for every device, for the groups
+// sharing one signature, computed when first needed.
+type feasMemo struct {
+	done   []bool
+	reason []string
+}
+
+func newPlanner(devices []Device, allocs []Alloc) *planner {
+	p := &planner{index: make(map[string]int32, len(devices)), memos: map[string]*feasMemo{}, binPack: binPackMemo{}, allocs: allocs}
+	p.devs = make([]*Device, 0, len(devices))
 	for i := range devices {
 		d := &devices[i]
-		if _, dup := p.devices[d.ID]; dup {
+		if _, dup := p.index[d.ID]; dup {
 			continue // the first entry of a device wins
 		}
-		p.devices[d.ID] = d
-		p.deviceIDs = append(p.deviceIDs, d.ID)
+		p.index[d.ID] = 0
+		p.devs = append(p.devs, d)
 	}
-	slices.Sort(p.deviceIDs)
+	slices.SortFunc(p.devs, func(a, b *Device) int { return strings.Compare(a.ID, b.ID) })
+	for i, d := range p.devs {
+		p.index[d.ID] = int32(i)
+	}
+	p.used = make([]resources, len(p.devs))
+	p.suffix = make([]string, len(p.devs))
+	p.keep = make([]int32, 0, len(allocs))
+	p.keepDev = make([]int32, 0, len(allocs))
 	return p
+}
+
+// jobPlan holds the group plans of one job (none when it is stopped).
+type jobPlan struct {
+	groups []*groupPlan
+}
+
+func (jp *jobPlan) group(name string) *groupPlan {
+	if jp == nil {
+		return nil
+	}
+	for _, gp := range jp.groups {
+		if gp.group.Name == name {
+			return gp
+		}
+	}
+	return nil
 }
 
 // groupPlan is the plan of one group of one job.
 type groupPlan struct {
-	job     *Job
-	group   *protocol.Group
-	typ     protocol.JobType
-	taken   map[string]bool  // slots held: instance index, or device for system groups
-	pending []slotCandidates // update candidates, in slot order
-	status  protocol.GroupStatus
+	job   *Job
+	group *protocol.Group
+	typ   protocol.JobType
+	spec  *groupSpec
+	memo  *feasMemo
+	tasks []protocol.Task // the group's tasks, shared by its new and updated allocations
+
+	existing []int32 // indices in planner.allocs of the group's allocations
+	taken    []bool  // slots held: by instance index, or by device for system and sysbatch groups
+	takenN   int
+	pending  []pendingSlot // update candidates, in slot order
+
+	// What the distinct constraints and spreads count: the group's
+	// non-terminal allocations kept, updated and placed so far.
+	hostCount []int32          // by device; nil without distinct_hosts
+	propCount []map[string]int // by distinct_property, by value
+	live      []int32          // devices, in order; only kept with spreads
+
+	placed    []Alloc // new allocations
+	placedDev []int32 // their devices
+
+	status protocol.GroupStatus
 }
 
-// slotCandidates are the stale allocations claiming one slot, in order.
-type slotCandidates struct {
-	slot   string
-	allocs []Alloc
+// pendingSlot is a slot whose allocations are all stale: the candidates for
+// an update, in order.
+type pendingSlot struct {
+	slot  int
+	cands []cand
 }
 
-func newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
+// cand is an existing allocation being judged.
+type cand struct {
+	i     int32               // index in planner.allocs
+	di    int32               // device index
+	state protocol.AllocState // reported state at the allocation's version; "" when none
+	cur   bool                // runs exactly what the job asks
+}
+
+func (p *planner) newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
 	typ := j.Job.Type
 	if typ == "" {
 		typ = protocol.JobService
 	}
-	return &groupPlan{job: j, group: g, typ: typ, taken: map[string]bool{}, status: protocol.GroupStatus{Name: g.Name}}
+	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name}}
+	m := p.memos[gp.spec.signature]
+	if m == nil {
+		m = &feasMemo{}
+		p.memos[gp.spec.signature] = m
+	}
+	gp.memo = m
+	if gp.everyDevice() {
+		gp.taken = make([]bool, len(p.devs))
+	} else {
+		gp.taken = make([]bool, gp.count())
+	}
+	if len(gp.spec.distinctProps) > 0 {
+		gp.propCount = make([]map[string]int, len(gp.spec.distinctProps))
+		for i := range gp.propCount {
+			gp.propCount[i] = map[string]int{}
+		}
+	}
+	return gp
 }
 
-func (gp *groupPlan) system() bool { return gp.typ == protocol.JobSystem }
+func (gp *groupPlan) everyDevice() bool { return gp.typ.OnEveryDevice() }
 
 // count is the desired number of instances of a service or batch group.
 func (gp *groupPlan) count() int { return max(gp.group.Instances(), 0) }
 
-// slot is the place an allocation holds in its group: its index, or for
-// system groups its device. ok is false when the index is out of range.
-func (gp *groupPlan) slot(a Alloc) (slot string, ok bool) {
-	if gp.system() {
-		return a.Device, a.Index == 0
-	}
-	return strconv.Itoa(a.Index), a.Index >= 0 && a.Index < gp.count()
-}
-
-// done reports whether a batch allocation already ran the job's current
-// spec to completion: it is kept as is, wherever it is.
-func (gp *groupPlan) done(dev *Device, a Alloc) bool {
-	return gp.typ == protocol.JobBatch && gp.current(a) && reportedAs(dev, a, protocol.AllocComplete)
+// done reports whether a batch or sysbatch allocation already ran the job's
+// current spec to completion: it is kept as is, wherever it is.
+func (gp *groupPlan) done(c cand) bool {
+	return gp.typ.RunsToCompletion() && c.cur && c.state == protocol.AllocComplete
 }
 
 // current reports whether an allocation runs exactly what the job asks.
-func (gp *groupPlan) current(a Alloc) bool {
+func (gp *groupPlan) current(a *Alloc) bool {
 	return a.JobVersion == gp.job.Version && a.Type == gp.typ && sameTasks(a.Tasks, gp.group.Tasks)
 }
 
-// keepPass judges the existing allocations of one group, given in index,
-// then id order. Invalid ones stop: out-of-range index, vanished device,
-// device no longer feasible (presence aside; a complete batch allocation is
-// exempt). The valid ones are grouped by slot and judgeSlot picks at most one
-// per slot.
-func (p *planner) keepPass(gp *groupPlan, allocs []Alloc) {
-	var order []string
-	bySlot := map[string][]Alloc{}
-	for _, a := range allocs {
-		slot, ok := gp.slot(a)
-		dev := p.devices[a.Device]
-		if !ok || dev == nil || (!gp.done(dev, a) && infeasible(keepChecks, dev, gp.group) != "") {
-			p.stop = append(p.stop, a)
+func (gp *groupPlan) take(slot int) {
+	if !gp.taken[slot] {
+		gp.taken[slot] = true
+		gp.takenN++
+	}
+}
+
+func (gp *groupPlan) free(slot int) {
+	if gp.taken[slot] {
+		gp.taken[slot] = false
+		gp.takenN--
+	}
+}
+
+// distinctReason says whether another instance of the group may go on a
+// device given the group's live allocations: "" when it may, else the
+// distinct_hosts or distinct_property constraint it would break. A device
+// without the property's attribute is never eligible.
+func (p *planner) distinctReason(gp *groupPlan, di int32) string {
+	if gp.spec.distinctHosts && gp.hostCount != nil && gp.hostCount[di] > 0 {
+		return reasonDistinctHosts
+	}
+	for k := range gp.spec.distinctProps {
+		dp := &gp.spec.distinctProps[k]
+		v, set := dp.attr.value(p.devs[di])
+		if !set || gp.propCount[k][v] >= dp.limit {
+			return dp.reason
+		}
+	}
+	return ""
+}
+
+// noteLive counts a non-terminal allocation of the group on a device.
+func (p *planner) noteLive(gp *groupPlan, di int32) {
+	if gp.spec.distinctHosts {
+		if gp.hostCount == nil {
+			gp.hostCount = make([]int32, len(p.devs))
+		}
+		gp.hostCount[di]++
+	}
+	for k := range gp.spec.distinctProps {
+		if v, set := gp.spec.distinctProps[k].attr.value(p.devs[di]); set {
+			gp.propCount[k][v]++
+		}
+	}
+	if len(gp.spec.spreads) > 0 {
+		gp.live = append(gp.live, di)
+	}
+}
+
+// staticReason is the keepChecks reason of a device for a group, memoized
+// by group signature.
+func (p *planner) staticReason(gp *groupPlan, di int32) string {
+	m := gp.memo
+	if m.done == nil {
+		m.done = make([]bool, len(p.devs))
+		m.reason = make([]string, len(p.devs))
+	}
+	if !m.done[di] {
+		m.reason[di] = infeasible(keepChecks, p.devs[di], gp.spec)
+		m.done[di] = true
+	}
+	return m.reason[di]
+}
+
+// placeReason is the placeChecks reason of a device for a group: keepChecks
+// with presence checked right after facts.
+func (p *planner) placeReason(gp *groupPlan, di int32) string {
+	d := p.devs[di]
+	if !d.HasFacts {
+		return reasonNoFacts
+	}
+	if r := (isOnline{}).check(d, gp.spec); r != "" {
+		return r
+	}
+	return p.staticReason(gp, di)
+}
+
+// fitReason says whether one more instance of a group fits on a device:
+// "", or the first exhausted resource (cpu, memory, disk, then device
+// resources in request order).
+func (p *planner) fitReason(gp *groupPlan, di int32) string {
+	d := p.devs[di]
+	if r := fitReason(capacity(d), p.used[di], gp.spec.demand.res); r != "" {
+		return r
+	}
+	for i, dc := range gp.spec.demand.devices {
+		var used int
+		if p.usedDev != nil && p.usedDev[di] != nil {
+			used = p.usedDev[di][dc.name]
+		}
+		if used+dc.count > d.Resources[dc.name] {
+			return gp.spec.deviceExhausted[i]
+		}
+	}
+	return ""
+}
+
+// reserve takes one instance's demand of a group on a device.
+func (p *planner) reserve(gp *groupPlan, di int32) {
+	dem := &gp.spec.demand
+	p.used[di] = p.used[di].add(dem.res)
+	if len(dem.devices) == 0 {
+		return
+	}
+	if p.usedDev == nil {
+		p.usedDev = make([]map[string]int, len(p.devs))
+	}
+	if p.usedDev[di] == nil {
+		p.usedDev[di] = map[string]int{}
+	}
+	for _, dc := range dem.devices {
+		p.usedDev[di][dc.name] += dc.count
+	}
+}
+
+// admit decides whether an allocation of a group that runs (or is updated
+// to) the group's current tasks may stay on its device: a terminal one always
+// may and takes nothing; another must respect the distinct constraints and
+// fit, and then reserves its demand and counts as live.
+func (p *planner) admit(gp *groupPlan, di int32, terminal bool) bool {
+	if terminal {
+		return true
+	}
+	if p.distinctReason(gp, di) != "" || p.fitReason(gp, di) != "" {
+		return false
+	}
+	p.reserve(gp, di)
+	p.noteLive(gp, di)
+	return true
+}
+
+// route hands every existing allocation to its group, or stops it: its job
+// is stopped or absent, its group is gone, or another allocation has its id
+// (of allocations sharing an id, the first in (job, group, index, id,
+// device) order is the one; the others stop unless they are on its device,
+// where they are the same allocation).
+func (p *planner) route(byID map[string]*jobPlan) {
+	allocs := p.allocs
+	p.ids = newIDSet(allocs)
+	dup := p.ids.duplicates()
+	var jp *jobPlan
+	var gp *groupPlan
+	for i := range allocs {
+		a := &allocs[i]
+		if dup != nil {
+			if w, isDup := dup[int32(i)]; isDup && w != int32(i) {
+				if allocs[w].Device != a.Device {
+					p.stop = append(p.stop, *a)
+				}
+				continue
+			}
+		}
+		// Allocations of one group often come together: reuse the last lookup.
+		if gp == nil || gp.job.Job.ID != a.Job || gp.group.Name != a.Group {
+			jp = byID[a.Job]
+			gp = jp.group(a.Group)
+		}
+		if gp == nil {
+			p.stop = append(p.stop, *a)
 			continue
 		}
-		if _, seen := bySlot[slot]; !seen {
-			order = append(order, slot)
-		}
-		bySlot[slot] = append(bySlot[slot], a)
+		gp.existing = append(gp.existing, int32(i))
 	}
-	for _, slot := range order {
-		p.judgeSlot(gp, slot, bySlot[slot])
+}
+
+// allocOrder orders allocations by job, group, index, id, device, then
+// version and type.
+func allocOrder(a, b *Alloc) int {
+	if c := strings.Compare(a.Job, b.Job); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Group, b.Group); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Index, b.Index); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.ID, b.ID); c != 0 {
+		return c
+	}
+	if c := strings.Compare(a.Device, b.Device); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.JobVersion, b.JobVersion); c != 0 {
+		return c
+	}
+	return strings.Compare(string(a.Type), string(b.Type))
+}
+
+// keepPass judges the existing allocations of one group in slot order (by
+// index, or by device for system and sysbatch groups), then id, then device.
+// Invalid ones stop: out-of-range index, vanished device, device no longer
+// feasible (presence aside; a complete batch or sysbatch allocation is
+// exempt). The valid ones are grouped by slot and judgeSlot picks at most one
+// per slot.
+func (p *planner) keepPass(gp *groupPlan) {
+	type entry struct{ slot, i, di int32 }
+	entries := make([]entry, 0, len(gp.existing))
+	for _, i := range gp.existing {
+		a := &p.allocs[i]
+		di, known := p.index[a.Device]
+		slot, ok := int32(a.Index), a.Index >= 0 && a.Index < len(gp.taken)
+		if gp.everyDevice() {
+			slot, ok = di, a.Index == 0
+		}
+		if !ok || !known {
+			p.stop = append(p.stop, *a)
+			continue
+		}
+		entries = append(entries, entry{slot: slot, i: i, di: di})
+	}
+	// Slots are small integers: a counting sort by slot, then the few
+	// allocations sharing a slot by id and device.
+	if len(entries) > 1 {
+		start := make([]int32, len(gp.taken)+1)
+		for _, e := range entries {
+			start[e.slot+1]++
+		}
+		for s := 1; s < len(start); s++ {
+			start[s] += start[s-1]
+		}
+		sorted := make([]entry, len(entries))
+		for _, e := range entries {
+			sorted[start[e.slot]] = e
+			start[e.slot]++
+		}
+		entries = sorted
+		for lo := 0; lo < len(entries); {
+			hi := lo + 1
+			for hi < len(entries) && entries[hi].slot == entries[lo].slot {
+				hi++
+			}
+			if hi-lo > 1 {
+				slices.SortFunc(entries[lo:hi], func(x, y entry) int {
+					a, b := &p.allocs[x.i], &p.allocs[y.i]
+					return cmp.Or(strings.Compare(a.ID, b.ID), strings.Compare(a.Device, b.Device))
+				})
+			}
+			lo = hi
+		}
+	}
+	var cands []cand
+	for k := 0; k < len(entries); {
+		slot := entries[k].slot
+		cands = cands[:0]
+		for ; k < len(entries) && entries[k].slot == slot; k++ {
+			c := cand{i: entries[k].i, di: entries[k].di}
+			a := &p.allocs[c.i]
+			d := p.devs[c.di]
+			if st, ok := d.Reported[a.ID]; ok && st.JobVersion == a.JobVersion {
+				c.state = st.State
+			}
+			c.cur = gp.current(a)
+			if !gp.done(c) && p.staticReason(gp, c.di) != "" {
+				p.stop = append(p.stop, *a)
+				continue
+			}
+			cands = append(cands, c)
+		}
+		if len(cands) > 0 {
+			p.judgeSlot(gp, int(slot), cands)
+		}
 	}
 }
 
 // judgeSlot chooses among the valid allocations claiming one slot (normally
-// just one): a complete batch allocation, else the first current one that
-// still fits (reserving its demand), which are kept; else every stale one
-// becomes an update candidate, tried in order by updatePass. The others stop.
-// Keeping the stale alternatives until updatePass means that a slot whose
-// update fails is never placed again on a device where an allocation of the
-// same id was just stopped: every such device lacks room.
-func (p *planner) judgeSlot(gp *groupPlan, slot string, cands []Alloc) {
-	keepAt := slices.IndexFunc(cands, func(a Alloc) bool { return gp.done(p.devices[a.Device], a) })
-	var stale []Alloc
-	for i, a := range cands {
+// just one): a complete batch or sysbatch allocation, else the first current
+// one that is admitted (reserving its demand), which are kept; else every
+// stale one becomes an update candidate, tried in order by updatePass. The
+// others stop. Keeping the stale alternatives until updatePass means that a
+// slot whose update fails is never placed again on a device where an
+// allocation of the same id was just stopped: every such device lacks room
+// or breaks a distinct constraint.
+func (p *planner) judgeSlot(gp *groupPlan, slot int, cands []cand) {
+	keepAt := slices.IndexFunc(cands, gp.done)
+	var stale []cand
+	for k, c := range cands {
 		switch {
-		case i == keepAt:
+		case k == keepAt:
 		case keepAt >= 0:
-			p.stop = append(p.stop, a)
-		case !gp.current(a):
-			stale = append(stale, a)
-		case p.reserve(p.devices[a.Device], a):
-			keepAt = i
+			p.stop = append(p.stop, p.allocs[c.i])
+		case !c.cur:
+			stale = append(stale, c)
+		case p.admit(gp, c.di, isTerminal(c.state)):
+			keepAt = k
 		default:
-			p.stop = append(p.stop, a) // no longer fits
+			p.stop = append(p.stop, p.allocs[c.i]) // no longer fits, or breaks a distinct constraint
 		}
 	}
 	switch {
 	case keepAt >= 0:
-		p.stop = append(p.stop, stale...)
-		gp.taken[slot] = true
-		p.keep = append(p.keep, cands[keepAt])
+		for _, c := range stale {
+			p.stop = append(p.stop, p.allocs[c.i])
+		}
+		gp.take(slot)
+		p.keep = append(p.keep, cands[keepAt].i)
+		p.keepDev = append(p.keepDev, cands[keepAt].di)
 	case len(stale) > 0:
-		gp.taken[slot] = true
-		gp.pending = append(gp.pending, slotCandidates{slot: slot, allocs: stale})
+		gp.take(slot)
+		gp.pending = append(gp.pending, pendingSlot{slot: slot, cands: stale})
 	}
 }
 
-// updatePass gives, for each slot with update candidates, the first one whose
-// new demand fits its device the job's version, type and tasks; the others
-// stop. A slot where none fits is freed for placement.
+// updatePass gives, for each slot with update candidates, the first one that
+// is admitted with the new demand the job's version, type and tasks; the
+// others stop. A slot where none is admitted is freed for placement.
 func (p *planner) updatePass(gp *groupPlan) {
-	for _, sc := range gp.pending {
+	for _, ps := range gp.pending {
 		updated := false
-		for _, a := range sc.allocs {
+		for _, c := range ps.cands {
+			a := p.allocs[c.i]
 			if updated {
 				p.stop = append(p.stop, a)
 				continue
@@ -281,148 +642,214 @@ func (p *planner) updatePass(gp *groupPlan) {
 			u := a
 			u.JobVersion = gp.job.Version
 			u.Type = gp.typ
-			u.Tasks = slices.Clone(gp.group.Tasks)
-			if !p.reserve(p.devices[a.Device], u) {
+			u.Tasks = gp.tasks
+			if !p.admit(gp, c.di, p.terminalAt(c.di, u.ID, u.JobVersion)) {
 				p.stop = append(p.stop, a)
 				continue
 			}
 			p.update = append(p.update, u)
+			p.updateDev = append(p.updateDev, c.di)
 			updated = true
 		}
 		if !updated {
-			delete(gp.taken, sc.slot)
+			gp.free(ps.slot)
 		}
 	}
 }
 
-// reserve takes the demand of a non-terminal allocation on its device, if it
-// fits, and reports whether it did. Terminal allocations take nothing.
-func (p *planner) reserve(dev *Device, a Alloc) bool {
-	if terminal(dev, a) {
-		return true
-	}
-	want := demand(a.Tasks)
-	if fitReason(capacity(dev), p.used[dev.ID], want) != "" {
-		return false
-	}
-	p.used[dev.ID] = p.used[dev.ID].add(want)
-	return true
+// terminalAt reports whether a device reports an allocation, at a version,
+// as complete or failed.
+func (p *planner) terminalAt(di int32, id string, version uint64) bool {
+	st, ok := p.devs[di].Reported[id]
+	return ok && st.JobVersion == version && isTerminal(st.State)
+}
+
+func isTerminal(s protocol.AllocState) bool {
+	return s == protocol.AllocComplete || s == protocol.AllocFailed
 }
 
 // placePass places the free slots of one group and records its status.
 func (p *planner) placePass(gp *groupPlan) {
-	want := demand(gp.group.Tasks)
-	unplaced := 0
-	var seen survey
-	if gp.system() {
-		seen = newSurvey(len(p.deviceIDs))
-		for _, id := range p.deviceIDs {
-			dev := p.devices[id]
-			if gp.taken[id] {
-				seen.feasible++
-				continue
-			}
-			if r := infeasible(placeChecks, dev, gp.group); r != "" {
-				seen.filtered[r]++
-				continue
-			}
-			seen.feasible++
-			if r := fitReason(capacity(dev), p.used[id], want); r != "" {
-				seen.exhausted[r]++
-				unplaced++
-				continue
-			}
-			p.placeOn(gp, dev, 0, id, want)
-		}
-		gp.status.Desired = seen.feasible
+	if gp.everyDevice() {
+		p.placeEveryDevice(gp)
 	} else {
-		gp.status.Desired = gp.count()
-		for idx := range gp.count() {
-			slot := strconv.Itoa(idx)
-			if gp.taken[slot] {
+		p.placeCount(gp)
+	}
+	gp.status.Placed = gp.takenN
+}
+
+// placeEveryDevice places one allocation (index 0) of a system or sysbatch
+// group on every feasible device that has none yet and room for it, in
+// device id order, then surveys the devices for the status. Surveying after
+// placing matters with distinct_property: a device without room takes no
+// share of its property value, and whether it counts as feasible depends on
+// what was placed, as it will in the next plan.
+func (p *planner) placeEveryDevice(gp *groupPlan) {
+	targets := p.devBuf[:0]
+	for i := range p.devs {
+		di := int32(i)
+		if !gp.taken[di] && p.placeReason(gp, di) == "" && p.distinctReason(gp, di) == "" && p.fitReason(gp, di) == "" {
+			if len(gp.spec.distinctProps) > 0 {
+				p.placeOn(gp, di, 0, int(di)) // what was placed decides about the next device
 				continue
 			}
-			if unplaced > 0 {
-				unplaced++ // nothing was placed since the first failure: same outcome
-				continue
-			}
-			best, s := p.rank(gp.group, want)
-			if best == nil {
-				unplaced, seen = 1, s
-				continue
-			}
-			p.placeOn(gp, best, idx, slot, want)
+			targets = append(targets, di)
 		}
 	}
-	gp.status.Placed = len(gp.taken)
+	p.devBuf = targets
+	gp.grow(len(targets))
+	for _, di := range targets {
+		p.placeOn(gp, di, 0, int(di))
+	}
+	seen := newSurvey(len(p.devs))
+	unplaced := 0
+	for i := range p.devs {
+		di := int32(i)
+		if gp.taken[di] {
+			seen.feasible++
+			continue
+		}
+		if r := p.placeReason(gp, di); r != "" {
+			seen.filtered[r]++
+			continue
+		}
+		if r := p.distinctReason(gp, di); r != "" {
+			seen.filtered[r]++
+			continue
+		}
+		seen.feasible++
+		if r := p.fitReason(gp, di); r != "" {
+			seen.exhausted[r]++
+			unplaced++
+		}
+	}
+	gp.status.Desired = seen.feasible
 	if unplaced > 0 {
 		gp.status.Unplaced = unplacedMessage(unplaced, gp.status.Desired, seen)
 	}
 }
 
-// rank finds the best device for one new allocation of a group: among the
-// devices passing placeChecks that have room for want, the highest
-// binPackScore, ties to the lowest device id. best is nil when none
-// qualifies; the survey says why.
-func (p *planner) rank(g *protocol.Group, want resources) (best *Device, s survey) {
-	s = newSurvey(len(p.deviceIDs))
-	bestScore := 0.0
-	for _, id := range p.deviceIDs {
-		dev := p.devices[id]
-		if r := infeasible(placeChecks, dev, g); r != "" {
+// placeCount places the free indices of a service or batch group, each on
+// the best device (see ranker).
+func (p *planner) placeCount(gp *groupPlan) {
+	gp.status.Desired = gp.count()
+	gp.grow(gp.count() - gp.takenN)
+	unplaced := 0
+	var seen survey
+	var r *ranker
+	for idx := range gp.count() {
+		if gp.taken[idx] {
+			continue
+		}
+		if unplaced > 0 {
+			unplaced++ // nothing was placed since the first failure: same outcome
+			continue
+		}
+		var di int32
+		var ok bool
+		if p.pick != nil {
+			di, ok = p.pick(p, gp)
+		} else {
+			if r == nil {
+				r = p.newRanker(gp)
+			}
+			di, ok = r.best()
+		}
+		if !ok {
+			unplaced, seen = 1, p.survey(gp)
+			continue
+		}
+		p.placeOn(gp, di, idx, idx)
+		if r != nil {
+			r.placed(di)
+		}
+	}
+	if unplaced > 0 {
+		gp.status.Unplaced = unplacedMessage(unplaced, gp.status.Desired, seen)
+	}
+}
+
+// survey looks at every device for one more instance of a group, to explain
+// why it cannot be placed.
+func (p *planner) survey(gp *groupPlan) survey {
+	s := newSurvey(len(p.devs))
+	for i := range p.devs {
+		di := int32(i)
+		if r := p.placeReason(gp, di); r != "" {
+			s.filtered[r]++
+			continue
+		}
+		if r := p.distinctReason(gp, di); r != "" {
 			s.filtered[r]++
 			continue
 		}
 		s.feasible++
-		c, used := capacity(dev), p.used[id]
-		if r := fitReason(c, used, want); r != "" {
+		if r := p.fitReason(gp, di); r != "" {
 			s.exhausted[r]++
-			continue
-		}
-		// Devices are visited in id order and only a strictly better score
-		// replaces the best, so ties go to the lowest id.
-		if score := binPackScore(c, used.add(want)); best == nil || score > bestScore {
-			best, bestScore = dev, score
 		}
 	}
-	return best, s
+	return s
 }
 
 // placeOn records a new allocation of a group on a device; the caller has
-// checked that want fits.
-func (p *planner) placeOn(gp *groupPlan, dev *Device, index int, slot string, want resources) {
-	p.used[dev.ID] = p.used[dev.ID].add(want)
-	gp.taken[slot] = true
-	p.place = append(p.place, Alloc{
-		ID:         AllocID(gp.job.Job.ID, gp.group.Name, index, dev.ID),
+// checked that it is feasible and fits.
+func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int) {
+	p.reserve(gp, di)
+	p.noteLive(gp, di)
+	gp.take(slot)
+	if p.suffix[di] == "" {
+		p.suffix[di] = deviceSuffix(p.devs[di].ID)
+	}
+	id := allocID(gp.job.Job.ID, gp.group.Name, index, p.suffix[di])
+	if p.ids.has(id) {
+		// Two devices share the hash prefix: use the whole hash, and should
+		// that be taken too (an id made up by someone else), a counter.
+		sum := sha256.Sum256([]byte(p.devs[di].ID))
+		full := hex.EncodeToString(sum[:])
+		id = allocID(gp.job.Job.ID, gp.group.Name, index, full)
+		for n := 2; ; n++ {
+			if !p.ids.has(id) {
+				break
+			}
+			id = allocID(gp.job.Job.ID, gp.group.Name, index, full+"-"+strconv.Itoa(n))
+		}
+	}
+	p.ids.addPlaced(id)
+	gp.placed = append(gp.placed, Alloc{
+		ID:         id,
 		Job:        gp.job.Job.ID,
 		JobVersion: gp.job.Version,
 		Group:      gp.group.Name,
 		Index:      index,
 		Type:       gp.typ,
-		Device:     dev.ID,
-		Tasks:      slices.Clone(gp.group.Tasks),
+		Device:     p.devs[di].ID,
+		Tasks:      gp.tasks,
 	})
+	gp.placedDev = append(gp.placedDev, di)
 }
 
-// terminal reports whether the device reports the allocation, at its
-// version, as complete or failed: it runs nothing and reserves nothing.
-func terminal(dev *Device, a Alloc) bool {
-	return reportedAs(dev, a, protocol.AllocComplete) || reportedAs(dev, a, protocol.AllocFailed)
+// grow makes room for n more new allocations of a group.
+func (gp *groupPlan) grow(n int) {
+	gp.placed = slices.Grow(gp.placed, n)
+	gp.placedDev = slices.Grow(gp.placedDev, n)
 }
 
-// reportedAs reports whether the device's last report gives the allocation,
-// at the allocation's version, the given state.
-func reportedAs(dev *Device, a Alloc, state protocol.AllocState) bool {
-	st, ok := dev.Reported[a.ID]
-	return ok && st.JobVersion == a.JobVersion && st.State == state
-}
-
-// sameTasks compares task lists by protocol.SpecHash, the comparison edged
-// uses, so that encodings of the same spec (nil or empty slices and maps)
-// compare equal.
+// sameTasks compares task lists as protocol.SpecHash would, the comparison
+// edged uses, so that encodings of the same spec (nil or empty slices and
+// maps) compare equal.
 func sameTasks(a, b []protocol.Task) bool {
-	return slices.EqualFunc(a, b, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) })
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || unsafe.SliceData(a) == unsafe.SliceData(b) {
+		return true
+	}
+	for i := range a {
+		if !a[i].Equal(b[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // latestJobs returns the jobs sorted by id, one per id: the highest version,
@@ -433,6 +860,83 @@ func latestJobs(in []Job) []Job {
 		return cmp.Or(cmp.Compare(a.Job.ID, b.Job.ID), cmp.Compare(b.Version, a.Version))
 	})
 	return slices.CompactFunc(jobs, func(a, b Job) bool { return a.Job.ID == b.Job.ID })
+}
+
+// seg is a list of allocations with the device index of each: allocs, or
+// when idx is set, the allocations of allocs at those indices.
+type seg struct {
+	allocs []Alloc
+	idx    []int32
+	devs   []int32
+}
+
+func (s seg) at(k int) *Alloc {
+	if s.idx != nil {
+		return &s.allocs[s.idx[k]]
+	}
+	return &s.allocs[k]
+}
+
+// byDevice returns the allocations of the segments in one slice sorted by
+// device, then id, or nil when there are none. Devices are known by index,
+// so this is a counting sort by device followed by sorting each device's few
+// allocations by id; references are sorted, and each allocation is copied
+// once.
+func (p *planner) byDevice(segs ...seg) []Alloc {
+	n := 0
+	for _, s := range segs {
+		n += len(s.devs)
+	}
+	if n == 0 {
+		return nil
+	}
+	start := make([]int32, len(p.devs)+1)
+	for _, s := range segs {
+		for _, di := range s.devs {
+			start[di+1]++
+		}
+	}
+	for i := 1; i < len(start); i++ {
+		start[i] += start[i-1]
+	}
+	type ref struct{ seg, k int32 }
+	order := make([]ref, n)
+	next := slices.Clone(start[:len(p.devs)])
+	for si, s := range segs {
+		for k, di := range s.devs {
+			order[next[di]] = ref{int32(si), int32(k)}
+			next[di]++
+		}
+	}
+	id := func(r ref) string { return segs[r.seg].at(int(r.k)).ID }
+	for d := range p.devs {
+		lo, hi := int(start[d]), int(start[d+1])
+		switch {
+		case hi-lo < 2:
+		case hi-lo <= 12:
+			for i := lo + 1; i < hi; i++ { // insertion sort
+				for j := i; j > lo && id(order[j]) < id(order[j-1]); j-- {
+					order[j], order[j-1] = order[j-1], order[j]
+				}
+			}
+		default:
+			slices.SortFunc(order[lo:hi], func(a, b ref) int { return strings.Compare(id(a), id(b)) })
+		}
+	}
+	out := make([]Alloc, n)
+	for i, r := range order {
+		out[i] = *segs[r.seg].at(int(r.k))
+	}
+	return out
+}
+
+// sortStops sorts stopped allocations by device, then id (their devices may
+// be unknown), then the rest of allocOrder for duplicates.
+func sortStops(allocs []Alloc) []Alloc {
+	slices.SortFunc(allocs, func(a, b Alloc) int {
+		return cmp.Or(strings.Compare(a.Device, b.Device), strings.Compare(a.ID, b.ID), allocOrder(&a, &b))
+	})
+	return allocs
 }
 
 // sortByDevice sorts allocations by device, then id, and returns them.

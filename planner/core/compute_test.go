@@ -172,7 +172,7 @@ func TestCompute(t *testing.T) {
 				j := job("web")
 				return Snapshot{Jobs: []Job{j}, Devices: []Device{dev("a"), dev("b")}, Allocations: []Alloc{allocOf(j, "g", 0, "a"), allocOf(j, "g", 0, "b")}}
 			},
-			// AllocID(web,g,0,b) = web.g.0-3e23e8 sorts before web.g.0-ca9781 (a).
+			// AllocID(web,g,0,b) = web.g.0-3e23e8160039 sorts before web.g.0-ca978112ca1b (a).
 			want: outcome{Keep: "web.g.0@b", Stop: "web.g.0@a"},
 		},
 		{
@@ -549,5 +549,51 @@ func TestDuplicateJobsTheHighestVersionWins(t *testing.T) {
 	}
 	if len(p.Groups) != 1 {
 		t.Errorf("groups = %+v", p.Groups)
+	}
+}
+
+func TestSysBatchRunsOnceOnEveryDevice(t *testing.T) {
+	t.Parallel()
+	j := job("patch", typ(protocol.JobSysBatch), groups(group("g", constrain("${device.os}", "=", "linux"))))
+	s := Snapshot{Jobs: []Job{j}, Devices: []Device{dev("a"), dev("b"), dev("w", withOS("windows"))}}
+	p1 := Compute(s, t0)
+	if got := outcomeOf(p1); got != (outcome{Place: "patch.g.0@a patch.g.0@b"}) {
+		t.Fatalf("first plan: %+v", got)
+	}
+	// a completes; c joins; b drops out of the fleet.
+	done := p1.Allocations[0]
+	s = feedBack(s, p1)
+	s.Devices = []Device{dev("a", withReport(done, protocol.AllocComplete), withOS("windows")), dev("c"), dev("w", withOS("windows"))}
+	p2 := Compute(s, t0)
+	if got := outcomeOf(p2); got != (outcome{Keep: "patch.g.0@a", Place: "patch.g.0@c", Stop: "patch.g.0@b"}) {
+		t.Fatalf("second plan: %+v", got)
+	}
+	if want := []protocol.GroupStatus{status("g", 2, 2, "")}; !reflect.DeepEqual(p2.Groups["patch"], want) {
+		t.Errorf("groups = %+v", p2.Groups)
+	}
+	// Complete, the allocation stays at its version; sysbatch tasks run to
+	// completion, so edged must treat them like batch.
+	if !done.Type.RunsToCompletion() || done.Type != protocol.JobSysBatch {
+		t.Errorf("type %s", done.Type)
+	}
+}
+
+func TestResourcesNeverOverCommitted(t *testing.T) {
+	t.Parallel()
+	gpu := withDevices(task("t", "podman", 100, 64), "nvidia/gpu", 1)
+	gpu.Resources.Disk = 600
+	j := job("train", groups(group("g", count(4), tasks(gpu))))
+	s := Snapshot{Jobs: []Job{j}, Devices: []Device{
+		dev("a", withResources("nvidia/gpu", 2), withDisk(1000)), // disk for one
+		dev("b", withResources("nvidia/gpu", 1), withDisk(5000)),
+		dev("c", withDisk(5000)), // no gpu
+	}}
+	p := Compute(s, t0)
+	if got := outcomeOf(p); got != (outcome{Place: "train.g.0@a train.g.1@b"}) {
+		t.Errorf("outcome %+v", got)
+	}
+	want := "2 of 4 instances unplaced: 2 of 3 devices feasible: 1 lack device nvidia/gpu; 1 exhausted device nvidia/gpu, 1 exhausted disk"
+	if got := p.Groups["train"][0].Unplaced; got != want {
+		t.Errorf("unplaced:\n got  %s\n want %s", got, want)
 	}
 }

@@ -13,7 +13,7 @@ type survey struct {
 	devices   int            // devices looked at: every device of the snapshot
 	feasible  int            // devices passing every check but resources
 	filtered  map[string]int // feasibility reason → devices
-	exhausted map[string]int // "exhausted cpu" / "exhausted memory" → devices
+	exhausted map[string]int // "exhausted cpu" / "exhausted memory" / ... → devices
 }
 
 func newSurvey(devices int) survey {
@@ -27,8 +27,9 @@ func newSurvey(devices int) survey {
 //
 // u is the number of unplaced instances, n the desired number, d the number
 // of devices in the snapshot and f how many of them passed every feasibility
-// check (facts, presence, drivers, constraints) whatever their free
-// resources. For system groups a device already running the group also counts
+// check (facts, presence, drivers, constraints, device resources present,
+// distinct_hosts, distinct_property) whatever their free resources. For
+// system and sysbatch groups a device already running the group also counts
 // as feasible, so f equals n. <filtered> lists the feasibility reasons of the
 // d-f other devices and <exhausted> the resource reasons of the feasible
 // devices that lacked room, each as "<count> <reason>" joined by ", ", by
@@ -38,6 +39,8 @@ func newSurvey(devices int) survey {
 //	2 of 3 instances unplaced: 0 of 3 devices feasible: 2 lack driver podman, 1 constraint ${device.arch} = arm64
 //	1 of 3 instances unplaced: 1 of 3 devices feasible: 2 offline; 1 exhausted memory
 //	1 of 1 instances unplaced: 0 of 0 devices feasible
+//	1 of 3 instances unplaced: 0 of 3 devices feasible: 2 distinct_hosts, 1 offline
+//	1 of 4 instances unplaced: 2 of 4 devices feasible: 2 lack device nvidia/gpu; 2 exhausted device nvidia/gpu
 //
 // The reasons are those seen by the first instance that could not be placed;
 // no later instance of the group can see anything else, since nothing is

@@ -59,6 +59,18 @@ func withCapacity(cpu, mem int) devOpt {
 	return func(d *Device) { d.Facts.CPUMHz, d.Facts.MemoryMB = cpu, mem }
 }
 
+// withResources sets the device resources from name, count pairs.
+func withResources(kv ...any) devOpt {
+	return func(d *Device) {
+		d.Resources = map[string]int{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			d.Resources[kv[i].(string)] = kv[i+1].(int)
+		}
+	}
+}
+
+func withDisk(mb int) devOpt { return func(d *Device) { d.DiskMB = mb } }
+
 func offline(d *Device) { d.Presence = protocol.Offline }
 
 func neverSeen(d *Device) { d.Presence = "" }
@@ -128,6 +140,12 @@ func task(name, driver string, cpu, mem int) protocol.Task {
 	} else {
 		t.Config.Image = "docker.io/library/busybox:1"
 	}
+	return t
+}
+
+// withDevices adds a device request to a task.
+func withDevices(t protocol.Task, name string, count int) protocol.Task {
+	t.Resources.Devices = append(t.Resources.Devices, protocol.DeviceRequest{Name: name, Count: count})
 	return t
 }
 

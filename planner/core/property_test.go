@@ -13,14 +13,19 @@ import (
 // Property tests: random jobs, devices, existing allocations and reports.
 // Existing allocations are either random (stale versions, vanished jobs,
 // groups and devices, out-of-range indices, over-committed devices) or the
-// plan of another random world, as after jobs and devices changed.
+// plan of another random world, as after jobs and devices changed. Jobs use
+// every constraint operator, affinities, spreads, disk and device requests
+// (also on system and sysbatch groups, which validation would refuse, to see
+// that the core copes).
 
 func TestPropertyPlanInvariants(t *testing.T) {
 	t.Parallel()
 	rapid.Check(t, func(t *rapid.T) {
 		s := genSnapshot(t)
 		p := Compute(s, t0)
-		checkInvariants(t, s, p)
+		if err := invariantViolation(s, p); err != "" {
+			t.Fatal(err)
+		}
 	})
 }
 
@@ -55,7 +60,9 @@ func TestPropertyIdempotent(t *testing.T) {
 		for id, gs := range p.Groups {
 			for i, g := range gs {
 				h := again.Groups[id][i]
-				if g.Desired != h.Desired || g.Placed != h.Placed || unplacedCount(t, g) != unplacedCount(t, h) {
+				n, err1 := unplacedCount(g)
+				m, err2 := unplacedCount(h)
+				if g.Desired != h.Desired || g.Placed != h.Placed || n != m || err1 != nil || err2 != nil {
 					t.Fatalf("status of %s changed: %+v → %+v", id, g, h)
 				}
 			}
@@ -63,14 +70,109 @@ func TestPropertyIdempotent(t *testing.T) {
 	})
 }
 
-// checkInvariants asserts what every plan must satisfy.
-func checkInvariants(t *rapid.T, s Snapshot, p Plan) {
+// The ranker (buckets of heaps) must choose exactly what a scan of every
+// device for every instance chooses.
+func TestPropertyRankerMatchesFullScan(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(t *rapid.T) {
+		s := genSnapshot(t)
+		fast, slow := Compute(s, t0), compute(s, t0, scanBest)
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("ranker and full scan differ:\n ranker %+v\n scan   %+v", outcomeOf(fast), outcomeOf(slow))
+		}
+	})
+}
+
+// scanBest is the reference ranking: every device scored from scratch.
+func scanBest(p *planner, gp *groupPlan) (int32, bool) {
+	spec := gp.spec
+	total := float64(gp.count())
+	// Live instances per spread value, and every value seen on a feasible
+	// device.
+	counts := make([]map[string]int, len(spec.spreads))
+	seen := make([]map[string]bool, len(spec.spreads))
+	for k := range spec.spreads {
+		counts[k], seen[k] = map[string]int{}, map[string]bool{}
+		for _, di := range gp.live {
+			if v, set := spec.spreads[k].attr.value(p.devs[di]); set {
+				counts[k][v]++
+			}
+		}
+		for i := range p.devs {
+			if p.placeReason(gp, int32(i)) == "" {
+				if v, set := spec.spreads[k].attr.value(p.devs[i]); set {
+					seen[k][v] = true
+				}
+			}
+		}
+	}
+	best, bestTotal := int32(-1), int64(0)
+	for i := range p.devs {
+		di := int32(i)
+		if p.placeReason(gp, di) != "" || p.distinctReason(gp, di) != "" || p.fitReason(gp, di) != "" {
+			continue
+		}
+		d := p.devs[di]
+		score := binPackKey(capacity(d), p.used[di].add(spec.demand.res)) + quantize(affinityScore(d, spec))
+		if len(spec.spreads) > 0 {
+			sum := 0.0
+			for k := range spec.spreads {
+				ss := &spec.spreads[k]
+				rel := float64(ss.weight) / float64(spec.spreadSum)
+				v, set := ss.attr.value(d)
+				var sc float64
+				switch {
+				case !set:
+					sc = spreadScore(false, false, 0, 0, 0, 0)
+				case ss.targets != nil:
+					if pct, listed := ss.targets[v]; listed {
+						sc = spreadScore(true, true, counts[k][v], float64(pct)/100*total, 0, 0)
+					} else {
+						rest, want := 0, 0.0
+						for val, n := range counts[k] {
+							if _, listed := ss.targets[val]; !listed {
+								rest += n
+							}
+						}
+						if ss.percent < 100 {
+							want = float64(100-ss.percent) / 100 * total
+						}
+						sc = spreadScore(true, true, rest, want, 0, 0)
+					}
+				default:
+					first := true
+					lo, hi := 0, 0
+					for val := range seen[k] {
+						n := counts[k][val]
+						if first {
+							lo, hi, first = n, n, false
+						}
+						lo, hi = min(lo, n), max(hi, n)
+					}
+					sc = spreadScore(false, true, counts[k][v], 0, lo, hi)
+				}
+				sum += rel * sc
+			}
+			score += quantize(sum)
+		}
+		if best < 0 || score > bestTotal {
+			best, bestTotal = di, score
+		}
+	}
+	return best, best >= 0
+}
+
+// invariantViolation says what a plan breaks of what every plan must
+// satisfy, or "".
+func invariantViolation(s Snapshot, p Plan) string {
 	devices := map[string]*Device{}
 	for i := range s.Devices {
-		devices[s.Devices[i].ID] = &s.Devices[i]
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
 	}
 	jobs := map[string]Job{}
-	for _, j := range s.Jobs {
+	for _, j := range latestJobs(s.Jobs) {
 		jobs[j.Job.ID] = j
 	}
 
@@ -85,152 +187,220 @@ func checkInvariants(t *rapid.T, s Snapshot, p Plan) {
 	for bi, name := range []string{"keep", "update", "stop", "place"} {
 		for _, a := range buckets[bi] {
 			if prev, dup := fate[a.ID]; dup {
-				t.Fatalf("%s is in %s and %s", a.ID, prev, name)
+				return fmt.Sprintf("%s is in %s and %s", a.ID, prev, name)
 			}
 			fate[a.ID] = name
 			old, existed := before[a.ID]
 			switch {
 			case name == "place" && existed:
-				t.Fatalf("placed %s reuses an existing id", a.ID)
+				return fmt.Sprintf("placed %s reuses an existing id", a.ID)
 			case name != "place" && !existed:
-				t.Fatalf("%s %s was not an existing allocation", name, a.ID)
+				return fmt.Sprintf("%s %s was not an existing allocation", name, a.ID)
 			case name == "keep" && !reflect.DeepEqual(a, old):
-				t.Fatalf("kept %s changed", a.ID)
+				return fmt.Sprintf("kept %s changed", a.ID)
 			case name == "update" && (a.Device != old.Device || a.Index != old.Index):
-				t.Fatalf("updated %s moved", a.ID)
+				return fmt.Sprintf("updated %s moved", a.ID)
 			}
 		}
 	}
 	for id := range before {
 		if fate[id] == "" {
-			t.Fatalf("existing %s is in no bucket", id)
+			return fmt.Sprintf("existing %s is in no bucket", id)
 		}
 	}
 	all := slices.Concat(p.Keep, p.Update, p.Place)
 	sortByDevice(all)
 	if len(all) != len(p.Allocations) || (len(all) > 0 && !reflect.DeepEqual(all, p.Allocations)) {
-		t.Fatalf("Allocations is not Keep + Update + Place")
+		return "Allocations is not Keep + Update + Place"
 	}
 
-	// Never over-commit; every allocation runs its job's current spec on a
-	// known device that may run it.
-	used := map[string]resources{}
+	// Never over-commit any resource; every allocation runs its job's
+	// current spec on a known device that may run it.
+	type use struct {
+		res  resources
+		devs map[string]int
+	}
+	used := map[string]*use{}
 	perGroup := map[[2]string][]Alloc{}
+	live := map[[2]string][]Alloc{} // non-terminal allocations, by group
 	for _, a := range p.Allocations {
 		d := devices[a.Device]
 		if d == nil {
-			t.Fatalf("%s on unknown device", short(a))
+			return fmt.Sprintf("%s on unknown device", short(a))
 		}
 		j, ok := jobs[a.Job]
 		if !ok || j.Stopped {
-			t.Fatalf("%s of a stopped or absent job", short(a))
+			return fmt.Sprintf("%s of a stopped or absent job", short(a))
 		}
 		gi := slices.IndexFunc(j.Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group })
 		if gi < 0 {
-			t.Fatalf("%s of an absent group", short(a))
+			return fmt.Sprintf("%s of an absent group", short(a))
 		}
 		g := j.Job.Groups[gi]
-		if a.JobVersion != j.Version || a.Type != j.Job.Type || !sameTasks(a.Tasks, g.Tasks) {
-			t.Fatalf("%s does not run the current spec", short(a))
+		if a.JobVersion != j.Version || a.Type != j.Job.Type || !slices.EqualFunc(a.Tasks, g.Tasks, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) }) {
+			return fmt.Sprintf("%s does not run the current spec", short(a))
 		}
 		st, reported := d.Reported[a.ID]
 		done := reported && st.JobVersion == a.JobVersion && st.State == protocol.AllocComplete
 		isTerminal := reported && st.JobVersion == a.JobVersion && (st.State == protocol.AllocComplete || st.State == protocol.AllocFailed)
+		key := [2]string{a.Job, a.Group}
 		if !isTerminal {
+			u := used[a.Device]
+			if u == nil {
+				u = &use{devs: map[string]int{}}
+				used[a.Device] = u
+			}
 			for _, tk := range a.Tasks {
-				used[a.Device] = used[a.Device].add(resources{tk.Resources.CPU, tk.Resources.Memory})
+				u.res = u.res.add(resources{CPU: tk.Resources.CPU, Memory: tk.Resources.Memory, Disk: tk.Resources.Disk})
+				for _, r := range tk.Resources.Devices {
+					u.devs[r.Name] += max(r.Count, 1)
+				}
+			}
+			live[key] = append(live[key], a)
+		}
+		if !(done && a.Type.RunsToCompletion()) {
+			if r := infeasible(keepChecks, d, compileGroup(&g)); r != "" {
+				return fmt.Sprintf("%s on a device that cannot run it: %s", short(a), r)
 			}
 		}
-		if !(done && a.Type == protocol.JobBatch) {
-			if r := infeasible(keepChecks, d, &g); r != "" {
-				t.Fatalf("%s on a device that cannot run it: %s", short(a), r)
-			}
-		}
-		perGroup[[2]string{a.Job, a.Group}] = append(perGroup[[2]string{a.Job, a.Group}], a)
+		perGroup[key] = append(perGroup[key], a)
 	}
 	for id, u := range used {
-		if c := capacity(devices[id]); u.CPU > c.CPU || u.Memory > c.Memory {
-			t.Fatalf("device %s over-committed: %+v > %+v", id, u, c)
+		d := devices[id]
+		if c := capacity(d); u.res.CPU > c.CPU || u.res.Memory > c.Memory || u.res.Disk > c.Disk {
+			return fmt.Sprintf("device %s over-committed: %+v > %+v", id, u.res, c)
+		}
+		for name, n := range u.devs {
+			if n > d.Resources[name] {
+				return fmt.Sprintf("device %s over-committed: %d %s, has %d", id, n, name, d.Resources[name])
+			}
 		}
 	}
 	for _, a := range p.Place {
 		d := devices[a.Device]
 		g := jobs[a.Job].Job.Groups[slices.IndexFunc(jobs[a.Job].Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group })]
-		if r := infeasible(placeChecks, d, &g); r != "" {
-			t.Fatalf("placed %s on an infeasible device: %s", short(a), r)
+		if r := infeasible(placeChecks, d, compileGroup(&g)); r != "" {
+			return fmt.Sprintf("placed %s on an infeasible device: %s", short(a), r)
 		}
 		if a.ID != AllocID(a.Job, a.Group, a.Index, a.Device) {
-			t.Fatalf("placed %s with id %s", short(a), a.ID)
+			return fmt.Sprintf("placed %s with id %s", short(a), a.ID)
 		}
 	}
 
-	// Every desired instance is placed or counted unplaced.
-	for _, j := range s.Jobs {
+	// Every desired instance is placed or counted unplaced; distinct
+	// constraints hold; system and sysbatch groups run on every feasible
+	// device or say why not.
+	stopped := 0
+	for _, j := range jobs {
 		gs, ok := p.Groups[j.Job.ID]
 		if j.Stopped {
+			stopped++
 			if ok {
-				t.Fatalf("status for stopped job %s", j.Job.ID)
+				return fmt.Sprintf("status for stopped job %s", j.Job.ID)
 			}
 			continue
 		}
 		if !ok || len(gs) != len(j.Job.Groups) {
-			t.Fatalf("status of %s: %+v", j.Job.ID, gs)
+			return fmt.Sprintf("status of %s: %+v", j.Job.ID, gs)
 		}
 		for gi, g := range j.Job.Groups {
 			st := gs[gi]
-			allocs := perGroup[[2]string{j.Job.ID, g.Name}]
+			key := [2]string{j.Job.ID, g.Name}
+			allocs := perGroup[key]
 			if st.Name != g.Name || st.Placed != len(allocs) {
-				t.Fatalf("status %+v, %d allocations", st, len(allocs))
+				return fmt.Sprintf("status %+v, %d allocations", st, len(allocs))
 			}
-			if n := unplacedCount(t, st); st.Placed+n != st.Desired {
-				t.Fatalf("status %+v: placed + unplaced != desired", st)
+			unplaced, err := unplacedCount(st)
+			if err != nil {
+				return err.Error()
+			}
+			if st.Placed+unplaced != st.Desired {
+				return fmt.Sprintf("status %+v: placed + unplaced != desired", st)
 			}
 			slots := map[string]bool{}
 			for _, a := range allocs {
 				slot := fmt.Sprint(a.Index)
-				if j.Job.Type == protocol.JobSystem {
+				if j.Job.Type.OnEveryDevice() {
 					slot = a.Device
 					if a.Index != 0 {
-						t.Fatalf("system allocation %s with index %d", short(a), a.Index)
+						return fmt.Sprintf("%s allocation %s with index %d", j.Job.Type, short(a), a.Index)
 					}
 				} else if a.Index < 0 || a.Index >= g.Instances() {
-					t.Fatalf("%s out of range", short(a))
+					return fmt.Sprintf("%s out of range", short(a))
 				}
 				if slots[slot] {
-					t.Fatalf("two allocations for slot %s of %s.%s", slot, j.Job.ID, g.Name)
+					return fmt.Sprintf("two allocations for slot %s of %s.%s", slot, j.Job.ID, g.Name)
 				}
 				slots[slot] = true
 			}
-			if j.Job.Type != protocol.JobSystem && st.Desired != g.Instances() {
-				t.Fatalf("desired %d, count %d", st.Desired, g.Instances())
+			if !j.Job.Type.OnEveryDevice() && st.Desired != g.Instances() {
+				return fmt.Sprintf("desired %d, count %d", st.Desired, g.Instances())
+			}
+			if err := distinctViolation(g, live[key], devices); err != "" {
+				return err
+			}
+			if j.Job.Type.OnEveryDevice() && !slices.ContainsFunc(g.Constraints, func(c protocol.Constraint) bool { return c.Operator == protocol.OpDistinctProperty }) {
+				spec := compileGroup(&g)
+				missing, union := 0, len(slots)
+				for id, d := range devices {
+					if infeasible(placeChecks, d, spec) == "" && !slots[id] {
+						missing++
+						union++
+					}
+				}
+				if unplaced != missing || st.Desired != union {
+					return fmt.Sprintf("%s group %s.%s: %d feasible devices without it, %d unplaced; desired %d, want %d",
+						j.Job.Type, j.Job.ID, g.Name, missing, unplaced, st.Desired, union)
+				}
 			}
 		}
 	}
-	if len(p.Groups) != len(jobs)-countStopped(s.Jobs) {
-		t.Fatalf("groups for %d jobs", len(p.Groups))
+	if len(p.Groups) != len(jobs)-stopped {
+		return fmt.Sprintf("groups for %d jobs", len(p.Groups))
 	}
+	return ""
 }
 
-func countStopped(jobs []Job) int {
-	n := 0
-	for _, j := range jobs {
-		if j.Stopped {
-			n++
+// distinctViolation checks the distinct constraints of a group over its
+// non-terminal allocations.
+func distinctViolation(g protocol.Group, live []Alloc, devices map[string]*Device) string {
+	for _, c := range g.Constraints {
+		switch c.Operator {
+		case protocol.OpDistinctHosts:
+			per := map[string]int{}
+			for _, a := range live {
+				if per[a.Device]++; per[a.Device] > 1 {
+					return fmt.Sprintf("distinct_hosts: two instances of %s.%s on %s", a.Job, a.Group, a.Device)
+				}
+			}
+		case protocol.OpDistinctProperty:
+			limit, _ := protocol.DistinctLimit(c.Value)
+			attr := parseAttribute(c.Attribute)
+			per := map[string]int{}
+			for _, a := range live {
+				v, set := attr.value(devices[a.Device])
+				if !set {
+					return fmt.Sprintf("%s: %s on a device without the attribute", c, short(a))
+				}
+				if per[v]++; per[v] > limit {
+					return fmt.Sprintf("%s: %d instances of %s.%s on %s", c, per[v], a.Job, a.Group, v)
+				}
+			}
 		}
 	}
-	return n
+	return ""
 }
 
 // unplacedCount reads the count from an Unplaced message, 0 when empty.
-func unplacedCount(t *rapid.T, st protocol.GroupStatus) int {
+func unplacedCount(st protocol.GroupStatus) (int, error) {
 	if st.Unplaced == "" {
-		return 0
+		return 0, nil
 	}
 	var n, desired int
 	if _, err := fmt.Sscanf(st.Unplaced, "%d of %d instances unplaced:", &n, &desired); err != nil || desired != st.Desired || n <= 0 {
-		t.Fatalf("bad unplaced message %q for %+v: %v", st.Unplaced, st, err)
+		return 0, fmt.Errorf("bad unplaced message %q for %+v: %v", st.Unplaced, st, err)
 	}
-	return n
+	return n, nil
 }
 
 // Generators. Ids come from small pools so that allocations, jobs and
@@ -240,7 +410,38 @@ var (
 	jobIDs    = []string{"j0", "j1", "j2", "j3"}
 	groupIDs  = []string{"g0", "g1", "g2"}
 	deviceIDs = []string{"d0", "d1", "d2", "d3", "d4", "d5"}
-	jobTypes  = []protocol.JobType{protocol.JobService, protocol.JobBatch, protocol.JobSystem}
+	jobTypes  = []protocol.JobType{protocol.JobService, protocol.JobBatch, protocol.JobSystem, protocol.JobSysBatch}
+
+	constraintPool = []protocol.Constraint{
+		{Attribute: "${device.arch}", Operator: "=", Value: "arm64"},
+		{Attribute: "${device.labels.zone}", Operator: "=", Value: "north"},
+		{Attribute: "${device.labels.zone}", Operator: "!=", Value: "south"},
+		{Attribute: "${device.os}", Operator: "==", Value: "linux"},
+		{Attribute: "${device.cpu.cores}", Operator: ">=", Value: "4"},
+		{Attribute: "${device.memory}", Operator: "<", Value: "1024"},
+		{Attribute: "${device.kernel}", Operator: "version", Value: ">= 6.0, < 6.5"},
+		{Attribute: "${device.labels.features}", Operator: "set_contains", Value: "gpu, camera"},
+		{Attribute: "${device.labels.features}", Operator: "set_contains_any", Value: "camera,npu"},
+		{Attribute: "${device.labels.site}", Operator: "is_set"},
+		{Attribute: "${device.labels.site}", Operator: "is_not_set"},
+		{Attribute: "${device.hostname}", Operator: "regexp", Value: "^d[0-2]"},
+		{Operator: "distinct_hosts"},
+		{Attribute: "${device.labels.rack}", Operator: "distinct_property"},
+		{Attribute: "${device.labels.site}", Operator: "distinct_property", Value: "2"},
+	}
+	affinityPool = []protocol.Affinity{
+		{Attribute: "${device.labels.site}", Operator: "=", Value: "a", Weight: 50},
+		{Attribute: "${device.arch}", Operator: "=", Value: "arm64", Weight: -30},
+		{Attribute: "${device.labels.features}", Operator: "set_contains", Value: "gpu", Weight: 100},
+		{Attribute: "${device.cpu.cores}", Operator: ">", Value: "2", Weight: 10},
+	}
+	spreadPool = []protocol.Spread{
+		{Attribute: "${device.labels.site}", Weight: 50},
+		{Attribute: "${device.labels.rack}", Weight: 20},
+		{Attribute: "${device.labels.site}", Weight: 80, Targets: []protocol.SpreadTarget{{Value: "a", Percent: 70}, {Value: "b", Percent: 30}}},
+		{Attribute: "${device.labels.site}", Weight: 100, Targets: []protocol.SpreadTarget{{Value: "b", Percent: 50}}},
+		{Attribute: "${device.labels.rack}", Weight: 30, Targets: []protocol.SpreadTarget{{Value: "r1", Percent: 0}, {Value: "r2", Percent: 100}}},
+	}
 )
 
 func genSnapshot(t *rapid.T) Snapshot {
@@ -281,19 +482,39 @@ func genDevices(t *rapid.T, label string) []Device {
 			d.HasFacts = true
 			d.Facts = protocol.Facts{
 				Device:   id,
+				Hostname: id,
 				Arch:     rapid.SampledFrom([]string{"amd64", "arm64"}).Draw(t, "arch"),
 				OS:       "linux",
-				CPUCores: 4,
+				Kernel:   rapid.SampledFrom([]string{"", "5.10.0", "6.1.0-18-amd64", "6.6.31+rpt-rpi-v8"}).Draw(t, "kernel"),
+				CPUCores: rapid.SampledFrom([]int{1, 4, 8}).Draw(t, "cores"),
 				CPUMHz:   rapid.SampledFrom([]int{0, 500, 1000, 2000, 4000}).Draw(t, "cpu"),
 				MemoryMB: rapid.SampledFrom([]int{0, 256, 512, 1024, 4096}).Draw(t, "memory"),
+			}
+			d.DiskMB = rapid.SampledFrom([]int{0, 500, 4000}).Draw(t, "disk")
+			if gpus := rapid.IntRange(0, 2).Draw(t, "gpus"); gpus > 0 {
+				d.Resources = map[string]int{"nvidia/gpu": gpus}
 			}
 			for _, drv := range []string{protocol.DriverPodman, protocol.DriverExec} {
 				if rapid.IntRange(0, 4).Draw(t, "lacks "+drv) > 0 {
 					d.Facts.Drivers = append(d.Facts.Drivers, drv)
 				}
 			}
-			if zone := rapid.SampledFrom([]string{"", "north", "south"}).Draw(t, "zone"); zone != "" {
-				d.Facts.Labels = map[string]string{"zone": zone}
+			labels := map[string]string{}
+			for _, l := range []struct {
+				key    string
+				values []string
+			}{
+				{"zone", []string{"", "north", "south"}},
+				{"site", []string{"", "a", "b", "c"}},
+				{"rack", []string{"", "r1", "r2"}},
+				{"features", []string{"", "gpu,camera", "camera", "npu, gpu"}},
+			} {
+				if v := rapid.SampledFrom(l.values).Draw(t, l.key); v != "" {
+					labels[l.key] = v
+				}
+			}
+			if len(labels) > 0 {
+				d.Facts.Labels = labels
 			}
 		}
 		out = append(out, d)
@@ -310,15 +531,16 @@ func genJobs(t *rapid.T, label string) []Job {
 			Stopped: rapid.IntRange(0, 7).Draw(t, "stopped") == 0,
 		}
 		for _, name := range groupIDs[:rapid.IntRange(1, 2).Draw(t, "groups")] {
-			n := rapid.IntRange(0, 4).Draw(t, "count")
+			n := rapid.IntRange(0, 5).Draw(t, "count")
 			g := protocol.Group{Name: name, Count: &n, Tasks: genTasks(t)}
-			if c := rapid.IntRange(0, 4).Draw(t, "constraint"); c > 0 {
-				g.Constraints = []protocol.Constraint{
-					{Attribute: "${device.arch}", Operator: "=", Value: "arm64"},
-					{Attribute: "${device.labels.zone}", Operator: "=", Value: "north"},
-					{Attribute: "${device.labels.zone}", Operator: "!=", Value: "south"},
-					{Attribute: "${device.os}", Operator: "==", Value: "linux"},
-				}[c-1 : c]
+			for range rapid.IntRange(0, 2).Draw(t, "constraints") {
+				g.Constraints = append(g.Constraints, rapid.SampledFrom(constraintPool).Draw(t, "constraint"))
+			}
+			for range rapid.IntRange(0, 2).Draw(t, "affinities") {
+				g.Affinities = append(g.Affinities, rapid.SampledFrom(affinityPool).Draw(t, "affinity"))
+			}
+			for range rapid.IntRange(0, 2).Draw(t, "spreads") {
+				g.Spreads = append(g.Spreads, rapid.SampledFrom(spreadPool).Draw(t, "spread"))
 			}
 			j.Job.Groups = append(j.Job.Groups, g)
 		}
@@ -330,10 +552,15 @@ func genJobs(t *rapid.T, label string) []Job {
 func genTasks(t *rapid.T) []protocol.Task {
 	var ts []protocol.Task
 	for i := range rapid.IntRange(1, 2).Draw(t, "tasks") {
-		ts = append(ts, task(fmt.Sprintf("t%d", i),
+		tk := task(fmt.Sprintf("t%d", i),
 			rapid.SampledFrom([]string{protocol.DriverPodman, protocol.DriverExec}).Draw(t, "driver"),
 			rapid.SampledFrom([]int{0, 100, 300, 600, 1200}).Draw(t, "task cpu"),
-			rapid.SampledFrom([]int{0, 64, 200, 500}).Draw(t, "task memory")))
+			rapid.SampledFrom([]int{0, 64, 200, 500}).Draw(t, "task memory"))
+		tk.Resources.Disk = rapid.SampledFrom([]int{0, 0, 200, 1000}).Draw(t, "task disk")
+		if rapid.IntRange(0, 3).Draw(t, "gpu") == 0 {
+			tk.Resources.Devices = []protocol.DeviceRequest{{Name: "nvidia/gpu", Count: 1}}
+		}
+		ts = append(ts, tk)
 	}
 	return ts
 }
@@ -367,4 +594,42 @@ func genAllocs(t *rapid.T, jobs []Job) []Alloc {
 		out = append(out, a)
 	}
 	return out
+}
+
+// TestInvariantCheckerCatches makes sure the invariant checker is not
+// vacuous: plans broken on purpose are caught.
+func TestInvariantCheckerCatches(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name    string
+		group   protocol.Group
+		devices []Device
+	}{
+		{"over-commit", group("g", count(2)), []Device{dev("a", withCapacity(150, 4096)), dev("b")}},
+		{"distinct_hosts", group("g", count(2), constrain("", protocol.OpDistinctHosts, "")), []Device{dev("a"), dev("b")}},
+		{"distinct_property", group("g", count(2), constrain("${device.labels.site}", protocol.OpDistinctProperty, "")),
+			[]Device{dev("a", withLabels("site", "x")), dev("b", withLabels("site", "y")), dev("c", withLabels("site", "y"))}},
+	} {
+		s := Snapshot{Jobs: []Job{job("web", groups(tt.group))}, Devices: tt.devices}
+		p := Compute(s, t0)
+		if err := invariantViolation(s, p); err != "" {
+			t.Fatalf("%s: good plan rejected: %s", tt.name, err)
+		}
+		if len(p.Place) != 2 || p.Place[0].Device != "a" || p.Place[1].Device != "b" {
+			t.Fatalf("%s: unexpected plan %s", tt.name, shorts(p.Place))
+		}
+		// Move the second instance next to the first: over-commits a, or
+		// breaks the distinct constraint.
+		p.Place[1].Device, p.Place[1].ID = "a", AllocID("web", "g", p.Place[1].Index, "a")
+		if tt.name == "distinct_property" {
+			p.Place[1].Device, p.Place[1].ID = "c", AllocID("web", "g", p.Place[1].Index, "c")
+			p.Place[0].Device, p.Place[0].ID = "b", AllocID("web", "g", p.Place[0].Index, "b")
+		}
+		p.Allocations = sortByDevice(slices.Concat(p.Keep, p.Update, p.Place))
+		if err := invariantViolation(s, p); err == "" {
+			t.Errorf("%s: not caught", tt.name)
+		} else {
+			t.Logf("%s: %s", tt.name, err)
+		}
+	}
 }

@@ -32,6 +32,13 @@ type Device struct {
 	// Reported is the observed state of each allocation, by allocation id,
 	// from the device's last report.
 	Reported map[string]protocol.AllocStatus
+	// DiskMB is the disk space the device offers to tasks, in MB; 0 when
+	// unknown, so that only tasks asking for no disk fit.
+	DiskMB int
+	// Resources counts the device resources the device offers, by the name
+	// tasks request them under ("nvidia/gpu", "usb/1d6b:0002"). A device
+	// lacking a resource a group requests is not feasible for it.
+	Resources map[string]int
 }
 
 // Alloc is one instance of a group on a device.

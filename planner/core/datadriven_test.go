@@ -1,0 +1,381 @@
+package core
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/tether-edge/tether/protocol"
+)
+
+var update = flag.Bool("update", false, "rewrite the expected output of testdata/*.txt")
+
+// Scenario tests in the manner of etcd-io/raft's datadriven tests: each file
+// of testdata/*.txt is a sequence of commands that build a world (devices,
+// jobs, reports) and plan it; the output of every command is compared with
+// the text under its "----" line, and rewritten with -update. A case is
+//
+//	command [arg ...]
+//	input lines
+//	----
+//	expected output (no blank lines)
+//
+// ending at a blank line. Lines starting with # outside cases are comments.
+// Commands:
+//
+//	devices             one device per input line: ID [key=value ...] with
+//	                    keys arch, os, kernel, hostname, cores, cpu (MHz),
+//	                    mem (MB), disk (MB), drivers=podman,exec,
+//	                    label.KEY=VALUE, res=nvidia/gpu:2,usb/1d6b:0002:1 and
+//	                    the flags offline, never-seen, no-facts; a device
+//	                    given again is replaced. Defaults as dev().
+//	remove-device ID    the device leaves the fleet.
+//	job [version=N]     the input is a job document (YAML), parsed and
+//	                    validated by protocol.ParseJob; prints its errors.
+//	                    Version defaults to the previous version + 1.
+//	stop-job ID         the operator deleted the job.
+//	report ALLOC STATE  the device of ALLOC (job.group.index@device, an
+//	                    allocation of the last plan) reports it in STATE at
+//	                    its version.
+//	plan [by=ATTR]      computes a plan, prints its buckets and every
+//	                    group's status (and with by, how many allocations
+//	                    each value of a device attribute has), then makes
+//	                    its allocations the current ones.
+func TestScenarios(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scenarios in testdata: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) {
+			t.Parallel()
+			runScenario(t, f)
+		})
+	}
+}
+
+// scenarioCase is one command of a scenario file, with where its expected
+// output sits in the file so that -update can rewrite it.
+type scenarioCase struct {
+	line     int // of the command, for messages
+	cmd      string
+	args     []string
+	input    string
+	want     string
+	outStart int // index in lines of the first output line
+	outEnd   int // index after the last output line
+}
+
+func parseScenario(t *testing.T, path string, lines []string) []scenarioCase {
+	var cases []scenarioCase
+	for i := 0; i < len(lines); {
+		line := strings.TrimSpace(lines[i])
+		if line == "" || strings.HasPrefix(line, "#") {
+			i++
+			continue
+		}
+		fields := strings.Fields(line)
+		c := scenarioCase{line: i + 1, cmd: fields[0], args: fields[1:]}
+		i++
+		var input []string
+		for ; i < len(lines) && lines[i] != "----"; i++ {
+			input = append(input, lines[i])
+		}
+		if i == len(lines) {
+			t.Fatalf("%s:%d: %s has no ---- line", path, c.line, c.cmd)
+		}
+		i++
+		c.input = strings.Join(input, "\n")
+		c.outStart = i
+		for ; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
+		}
+		c.outEnd = i
+		c.want = strings.Join(lines[c.outStart:c.outEnd], "\n")
+		cases = append(cases, c)
+	}
+	return cases
+}
+
+func runScenario(t *testing.T, path string) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	cases := parseScenario(t, path, lines)
+	w := &world{}
+	outputs := make([]string, len(cases))
+	for ci, c := range cases {
+		got := w.run(t, path, c)
+		outputs[ci] = got
+		if !*update && got != c.want {
+			t.Errorf("%s:%d: %s %s\n got:\n%s\n want:\n%s", path, c.line, c.cmd, strings.Join(c.args, " "), got, c.want)
+		}
+	}
+	if !*update {
+		return
+	}
+	var b strings.Builder
+	last := 0
+	for ci, c := range cases {
+		for _, l := range lines[last:c.outStart] {
+			b.WriteString(l + "\n")
+		}
+		b.WriteString(outputs[ci] + "\n")
+		last = c.outEnd
+	}
+	for _, l := range lines[last:] {
+		b.WriteString(l + "\n")
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// world is the state a scenario builds.
+type world struct {
+	devices []Device
+	jobs    []Job
+	allocs  []Alloc
+}
+
+func (w *world) snapshot() Snapshot {
+	return Snapshot{Jobs: slices.Clone(w.jobs), Devices: slices.Clone(w.devices), Allocations: slices.Clone(w.allocs)}
+}
+
+func (w *world) run(t *testing.T, path string, c scenarioCase) string {
+	fail := func(format string, args ...any) string {
+		t.Fatalf("%s:%d: %s: %s", path, c.line, c.cmd, fmt.Sprintf(format, args...))
+		return ""
+	}
+	switch c.cmd {
+	case "devices":
+		for _, l := range strings.Split(c.input, "\n") {
+			if strings.TrimSpace(l) == "" {
+				continue
+			}
+			d, err := parseDevice(l)
+			if err != nil {
+				return fail("%v", err)
+			}
+			if i := slices.IndexFunc(w.devices, func(x Device) bool { return x.ID == d.ID }); i >= 0 {
+				d.Reported = w.devices[i].Reported
+				w.devices[i] = d
+			} else {
+				w.devices = append(w.devices, d)
+			}
+		}
+		return "ok"
+	case "remove-device":
+		w.devices = slices.DeleteFunc(w.devices, func(d Device) bool { return slices.Contains(c.args, d.ID) })
+		return "ok"
+	case "job":
+		j, err := protocol.ParseJob([]byte(c.input))
+		if err != nil {
+			var out []string
+			for _, fe := range protocol.FieldErrors(err) {
+				out = append(out, fe.Error())
+			}
+			return strings.Join(out, "\n")
+		}
+		version := uint64(1)
+		i := slices.IndexFunc(w.jobs, func(x Job) bool { return x.Job.ID == j.ID })
+		if i >= 0 {
+			version = w.jobs[i].Version + 1
+		}
+		for _, a := range c.args {
+			if v, ok := strings.CutPrefix(a, "version="); ok {
+				n, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					return fail("bad version %q", v)
+				}
+				version = n
+			}
+		}
+		nj := Job{Job: j, Version: version}
+		if i >= 0 {
+			w.jobs[i] = nj
+		} else {
+			w.jobs = append(w.jobs, nj)
+		}
+		return fmt.Sprintf("ok: %s version %d", j.ID, version)
+	case "stop-job":
+		for i := range w.jobs {
+			if slices.Contains(c.args, w.jobs[i].Job.ID) {
+				w.jobs[i].Stopped = true
+			}
+		}
+		return "ok"
+	case "report":
+		if len(c.args) != 2 {
+			return fail("want: report ALLOC STATE")
+		}
+		i := slices.IndexFunc(w.allocs, func(a Alloc) bool { return short(a) == c.args[0] })
+		if i < 0 {
+			return fail("no allocation %s", c.args[0])
+		}
+		a := w.allocs[i]
+		di := slices.IndexFunc(w.devices, func(d Device) bool { return d.ID == a.Device })
+		if di < 0 {
+			return fail("no device %s", a.Device)
+		}
+		d := &w.devices[di]
+		if d.Reported == nil {
+			d.Reported = map[string]protocol.AllocStatus{}
+		}
+		d.Reported[a.ID] = protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocState(c.args[1])}
+		return "ok"
+	case "plan":
+		var by string
+		for _, a := range c.args {
+			if v, ok := strings.CutPrefix(a, "by="); ok {
+				by = v
+			}
+		}
+		s := w.snapshot()
+		p := Compute(s, t0)
+		checkScenarioPlan(t, path, c, s, p)
+		w.allocs = p.Allocations
+		return w.describe(p, by)
+	}
+	return fail("unknown command")
+}
+
+// checkScenarioPlan asserts what every plan satisfies, so that a scenario
+// rewritten with -update cannot record a broken plan.
+func checkScenarioPlan(t *testing.T, path string, c scenarioCase, s Snapshot, p Plan) {
+	t.Helper()
+	again := Compute(feedBack(s, p), t0)
+	if o := outcomeOf(again); o.Place != "" || o.Update != "" || o.Stop != "" {
+		t.Errorf("%s:%d: feeding the plan back changed it: %+v", path, c.line, o)
+	}
+	if err := invariantViolation(s, p); err != "" {
+		t.Errorf("%s:%d: %s", path, c.line, err)
+	}
+}
+
+func (w *world) describe(p Plan, by string) string {
+	var out []string
+	for _, b := range []struct {
+		name   string
+		allocs []Alloc
+	}{{"place", p.Place}, {"update", p.Update}, {"stop", p.Stop}, {"keep", p.Keep}} {
+		if len(b.allocs) > 0 {
+			out = append(out, b.name+": "+shorts(b.allocs))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "no allocations")
+	}
+	ids := make([]string, 0, len(p.Groups))
+	for id := range p.Groups {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	attr := parseAttribute(by)
+	devs := map[string]*Device{}
+	for i := range w.devices {
+		devs[w.devices[i].ID] = &w.devices[i]
+	}
+	for _, id := range ids {
+		for _, g := range p.Groups[id] {
+			line := fmt.Sprintf("%s/%s: desired %d placed %d", id, g.Name, g.Desired, g.Placed)
+			if g.Unplaced != "" {
+				line += "; " + g.Unplaced
+			}
+			out = append(out, line)
+			if by == "" {
+				continue
+			}
+			counts := map[string]int{}
+			for _, a := range p.Allocations {
+				if a.Job == id && a.Group == g.Name {
+					v, set := attr.value(devs[a.Device])
+					if !set {
+						v = "(none)"
+					}
+					counts[v]++
+				}
+			}
+			values := make([]string, 0, len(counts))
+			for v := range counts {
+				values = append(values, v)
+			}
+			slices.Sort(values)
+			parts := make([]string, len(values))
+			for i, v := range values {
+				parts[i] = fmt.Sprintf("%s=%d", v, counts[v])
+			}
+			out = append(out, fmt.Sprintf("  by %s: %s", by, strings.Join(parts, " ")))
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// parseDevice reads "ID key=value ... flag ...".
+func parseDevice(line string) (Device, error) {
+	fields := strings.Fields(line)
+	d := dev(fields[0])
+	for _, f := range fields[1:] {
+		k, v, hasValue := strings.Cut(f, "=")
+		num := func() int {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				panic(fmt.Sprintf("device %s: %s: want a number", d.ID, f))
+			}
+			return n
+		}
+		switch {
+		case k == "offline" && !hasValue:
+			offline(&d)
+		case k == "never-seen" && !hasValue:
+			neverSeen(&d)
+		case k == "no-facts" && !hasValue:
+			noFacts(&d)
+		case k == "arch":
+			d.Facts.Arch = v
+		case k == "os":
+			d.Facts.OS = v
+		case k == "kernel":
+			d.Facts.Kernel = v
+		case k == "hostname":
+			d.Facts.Hostname = v
+		case k == "cores":
+			d.Facts.CPUCores = num()
+		case k == "cpu":
+			d.Facts.CPUMHz = num()
+		case k == "mem":
+			d.Facts.MemoryMB = num()
+		case k == "disk":
+			d.DiskMB = num()
+		case k == "drivers":
+			d.Facts.Drivers = protocol.SplitSet(v)
+		case strings.HasPrefix(k, "label.") && hasValue:
+			if d.Facts.Labels == nil {
+				d.Facts.Labels = map[string]string{}
+			}
+			d.Facts.Labels[strings.TrimPrefix(k, "label.")] = v
+		case k == "res":
+			d.Resources = map[string]int{}
+			for _, item := range strings.Split(v, ",") {
+				i := strings.LastIndex(item, ":")
+				if i < 0 {
+					return d, fmt.Errorf("device %s: res %q: want NAME:COUNT", d.ID, item)
+				}
+				n, err := strconv.Atoi(item[i+1:])
+				if err != nil {
+					return d, fmt.Errorf("device %s: res %q: want NAME:COUNT", d.ID, item)
+				}
+				d.Resources[item[:i]] = n
+			}
+		default:
+			return d, fmt.Errorf("device %s: unknown field %q", d.ID, f)
+		}
+	}
+	return d, nil
+}
