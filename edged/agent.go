@@ -72,6 +72,9 @@ type Agent struct {
 	// completed on the connection it was sent on (paho #563: a token left
 	// from an earlier connection can complete without a PUBACK).
 	connEpoch atomic.Uint64
+	// offlineSince is when edged last lost (or, at start, had not yet got)
+	// its broker connection, in Unix nanoseconds; 0 while connected.
+	offlineSince atomic.Int64
 
 	// refusal explains the last desired document refused as stale; it is
 	// reported until a newer one is applied. Worker only.
@@ -188,6 +191,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.epoch = epoch
+	a.offlineSince.Store(time.Now().UnixNano()) // until the first connect
 	a.mu.Lock()
 	a.slots.facts = factsRaw
 	a.mu.Unlock()
@@ -247,13 +251,18 @@ func (a *Agent) connect(ctx context.Context) {
 		KeepAlive:      a.cfg.KeepAlive,
 		ConnectTimeout: min(10*time.Second, a.cfg.KeepAlive),
 		// Spread the reconnects of a fleet that lost its server at once.
-		ReconnectJitter:  5 * time.Second,
-		OnConnectionLost: func(error) { a.connEpoch.Add(1) },
+		ReconnectJitter: 5 * time.Second,
+		OnConnectionLost: func(error) {
+			a.connEpoch.Add(1)
+			a.offlineSince.Store(time.Now().UnixNano())
+			a.wake()
+		},
 		OnConnect: func() {
 			a.log.Info().Msg("connected to broker")
 			now := a.clock()
 			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: &now, Version: a.cfg.Version})
 			a.connEpoch.Add(1)
+			a.offlineSince.Store(0)
 			a.mu.Lock()
 			a.slots.presence = birth
 			// The retained report may be gone or stale on the broker's
@@ -498,9 +507,18 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 	}
 	now := time.Now()
 	obs, listed := a.list(ctx)
-	res := diff(a.cfg.DeviceID, desired, obs, recs, listed, now)
+	active, suspended, resume := a.stopAfter(desired, now)
+	res := diff(a.cfg.DeviceID, active, obs, recs, listed, now)
 	events := res.Events
+	for i, e := range events {
+		if why, ok := suspended[e.Alloc]; ok && e.Type == protocol.EventStopped {
+			events[i].Message = why
+		}
+	}
 	wake := res.Wake
+	if !resume.IsZero() {
+		wake = earliest(wake, resume)
+	}
 	for _, act := range res.Actions {
 		d := a.drivers[act.Driver]
 		log := a.log.With().Str("task", act.Key).Str("reason", act.Reason).Logger()
@@ -554,17 +572,54 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 	if len(res.Actions) > 0 {
 		obs, listed = a.list(ctx)
 	}
-	a.report(desired, obs, res.Tasks, listed, events, now)
+	a.report(desired, obs, res.Tasks, listed, events, suspended, now)
 	return wake
 }
 
+// stopAfter applies disconnect.stop_after: allocations that asked to be
+// stopped after being without the server that long are left out of the
+// desired state while edged is offline (their workloads stop) and come back
+// when it reconnects. It returns the desired state to apply, the suspended
+// allocations with the reason, and when the next one is due (zero: none).
+func (a *Agent) stopAfter(desired *protocol.Desired, now time.Time) (*protocol.Desired, map[string]string, time.Time) {
+	since := a.offlineSince.Load()
+	if desired == nil || since == 0 {
+		return desired, nil, time.Time{}
+	}
+	offline := now.Sub(time.Unix(0, since))
+	var next time.Time
+	suspended := map[string]string{}
+	active := *desired
+	active.Allocations = nil
+	for _, al := range desired.Allocations {
+		limit := al.StopAfterDisconnect.Std()
+		switch {
+		case limit <= 0:
+		case offline >= limit:
+			suspended[al.ID] = fmt.Sprintf("stopped: no server for %s (disconnect.stop_after %s)", offline.Round(time.Second), limit)
+			continue
+		default:
+			next = earliest(next, time.Unix(0, since).Add(limit))
+		}
+		active.Allocations = append(active.Allocations, al)
+	}
+	return &active, suspended, next
+}
+
 // report queues the observed state (when it changed) and the events.
-func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, events []pendingEvent, now time.Time) {
+func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, events []pendingEvent, suspended map[string]string, now time.Time) {
 	configured := map[string]bool{}
 	for name := range a.drivers {
 		configured[name] = true
 	}
 	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: buildReport(desired, obs, recs, listed, configured, now)}
+	for i, al := range rep.Allocations {
+		if why, ok := suspended[al.ID]; ok {
+			for j := range al.Tasks {
+				rep.Allocations[i].Tasks[j].Message = why
+			}
+		}
+	}
 	if desired != nil {
 		rep.ObservedGeneration = desired.Generation
 	}

@@ -161,3 +161,53 @@ func TestOutboxBoundsEventsNeverReports(t *testing.T) {
 		}
 	}
 }
+
+// TestStopAfterDisconnect: an allocation with disconnect.stop_after stops
+// once edged has been without the server that long, and starts again when
+// the server is back; an allocation without it keeps running throughout.
+func TestStopAfterDisconnect(t *testing.T) {
+	log := zerolog.New(zerolog.NewTestWriter(t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dir := t.TempDir()
+	st, err := openState(filepath.Join(dir, "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task := protocol.Task{Name: "app", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sleep", "infinity"}}}
+	st.putDesired(protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{
+		{ID: "polite.g.0-abcdef", Job: "polite", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}, StopAfterDisconnect: protocol.Duration(500 * time.Millisecond)},
+		{ID: "stubborn.g.0-abcdef", Job: "stubborn", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}},
+	}})
+	st.close()
+	rt := fake.New(fake.Options{})
+	runningJobs := func() map[string]bool {
+		out := map[string]bool{}
+		for _, i := range runningOf(t, rt, "d1") {
+			out[i.Labels[driver.LabelJob]] = true
+		}
+		return out
+	}
+	ra := startAgent(t, Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, KeepAlive: time.Second, Log: log})
+	eventually(t, "the polite workload to stop after stop_after", func() bool {
+		r := runningJobs()
+		return !r["polite"] && r["stubborn"]
+	})
+	b, err := broker.New(broker.Config{MQTTAddr: addr, AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	eventually(t, "the polite workload to start again with the server back", func() bool {
+		r := runningJobs()
+		return r["polite"] && r["stubborn"]
+	})
+	ra.stop()
+}

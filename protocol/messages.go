@@ -26,6 +26,10 @@ type Allocation struct {
 	Group      string  `json:"group"`
 	Type       JobType `json:"type"`
 	Tasks      []Task  `json:"tasks"`
+	// StopAfterDisconnect, when set, makes edged stop this allocation's
+	// workloads once it has been without the broker that long, and start
+	// them again when it is back (the group's disconnect.stop_after).
+	StopAfterDisconnect Duration `json:"stop_after_disconnect,omitempty"`
 }
 
 // AllocState is the state of an allocation as edged reports it.
@@ -37,6 +41,11 @@ const (
 	AllocRunning  AllocState = "running"  // every task running (or complete, for batch)
 	AllocComplete AllocState = "complete" // every task exited successfully (batch)
 	AllocFailed   AllocState = "failed"   // a task failed and will not be restarted
+	// The planner's view in job status (never reported by edged): the
+	// allocation's device is offline, for less than its group's lost_after
+	// (disconnected) or longer (lost).
+	AllocDisconnected AllocState = "disconnected"
+	AllocLost         AllocState = "lost"
 )
 
 // TaskState is the state of one task as edged reports it.
@@ -223,12 +232,14 @@ type GroupStatus struct {
 
 // PlacementCounts counts a job's allocations by observed state.
 type PlacementCounts struct {
-	Desired  int `json:"desired"`
-	Placed   int `json:"placed"`
-	Pending  int `json:"pending"`
-	Running  int `json:"running"`
-	Complete int `json:"complete"`
-	Failed   int `json:"failed"`
+	Desired      int `json:"desired"`
+	Placed       int `json:"placed"`
+	Pending      int `json:"pending"`
+	Running      int `json:"running"`
+	Complete     int `json:"complete"`
+	Failed       int `json:"failed"`
+	Disconnected int `json:"disconnected,omitempty"`
+	Lost         int `json:"lost,omitempty"`
 }
 
 // AllocSummary is one allocation in a job status.
