@@ -76,6 +76,9 @@ type Agent struct {
 	// its broker connection, in Unix nanoseconds; 0 while connected.
 	offlineSince atomic.Int64
 
+	// linkNoted is when the worker last stored that the link was up.
+	linkNoted time.Time
+
 	// refusal explains the last desired document refused as stale; it is
 	// reported until a newer one is applied. Worker only.
 	refusal string
@@ -191,7 +194,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.epoch = epoch
-	a.offlineSince.Store(time.Now().UnixNano()) // until the first connect
+	// Offline since the last time a previous run knew it was connected (so
+	// stop_after counts across restarts and reboots), else since now.
+	since := time.Now()
+	if seen := a.state.linkSeen(); !seen.IsZero() && seen.Before(since) {
+		since = seen
+	}
+	a.offlineSince.Store(since.UnixNano())
 	a.mu.Lock()
 	a.slots.facts = factsRaw
 	a.mu.Unlock()
@@ -254,7 +263,9 @@ func (a *Agent) connect(ctx context.Context) {
 		ReconnectJitter: 5 * time.Second,
 		OnConnectionLost: func(error) {
 			a.connEpoch.Add(1)
-			a.offlineSince.Store(time.Now().UnixNano())
+			now := time.Now()
+			a.offlineSince.Store(now.UnixNano())
+			_ = a.state.setLinkSeen(now)
 			a.wake()
 		},
 		OnConnect: func() {
@@ -263,6 +274,7 @@ func (a *Agent) connect(ctx context.Context) {
 			birth, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Online, Since: &now, Version: a.cfg.Version})
 			a.connEpoch.Add(1)
 			a.offlineSince.Store(0)
+			_ = a.state.setLinkSeen(time.Now())
 			a.mu.Lock()
 			a.slots.presence = birth
 			// The retained report may be gone or stale on the broker's
@@ -507,14 +519,14 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 	}
 	now := time.Now()
 	obs, listed := a.list(ctx)
-	active, suspended, resume := a.stopAfter(desired, now)
-	res := diff(a.cfg.DeviceID, active, obs, recs, listed, now)
-	events := res.Events
-	for i, e := range events {
-		if why, ok := suspended[e.Alloc]; ok && e.Type == protocol.EventStopped {
-			events[i].Message = why
-		}
+	if a.offlineSince.Load() == 0 && now.Sub(a.linkNoted) > time.Minute {
+		// Still connected: note it now and then, for the next start.
+		a.linkNoted = now
+		_ = a.state.setLinkSeen(now)
 	}
+	suspended, resume := a.stopAfter(desired, now)
+	res := diffSuspended(a.cfg.DeviceID, desired, obs, recs, listed, suspended, now)
+	events := res.Events
 	wake := res.Wake
 	if !resume.IsZero() {
 		wake = earliest(wake, resume)
@@ -577,33 +589,29 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 }
 
 // stopAfter applies disconnect.stop_after: allocations that asked to be
-// stopped after being without the server that long are left out of the
-// desired state while edged is offline (their workloads stop) and come back
-// when it reconnects. It returns the desired state to apply, the suspended
-// allocations with the reason, and when the next one is due (zero: none).
-func (a *Agent) stopAfter(desired *protocol.Desired, now time.Time) (*protocol.Desired, map[string]string, time.Time) {
+// stopped after being without the server that long are suspended while
+// edged is offline (their workloads stop, their records stay) and resume
+// when it reconnects. It returns the suspended allocations with the reason,
+// and when the next one is due (zero: none).
+func (a *Agent) stopAfter(desired *protocol.Desired, now time.Time) (map[string]string, time.Time) {
 	since := a.offlineSince.Load()
 	if desired == nil || since == 0 {
-		return desired, nil, time.Time{}
+		return nil, time.Time{}
 	}
 	offline := now.Sub(time.Unix(0, since))
 	var next time.Time
 	suspended := map[string]string{}
-	active := *desired
-	active.Allocations = nil
 	for _, al := range desired.Allocations {
 		limit := al.StopAfterDisconnect.Std()
 		switch {
 		case limit <= 0:
 		case offline >= limit:
 			suspended[al.ID] = fmt.Sprintf("stopped: no server for %s (disconnect.stop_after %s)", offline.Round(time.Second), limit)
-			continue
 		default:
 			next = earliest(next, time.Unix(0, since).Add(limit))
 		}
-		active.Allocations = append(active.Allocations, al)
 	}
-	return &active, suspended, next
+	return suspended, next
 }
 
 // report queues the observed state (when it changed) and the events.

@@ -75,6 +75,15 @@ func instanceName(alloc, task string) string { return "tether-" + alloc + "-" + 
 // List; instances of a driver that did not answer are neither started nor
 // removed, so a driver hiccup can never create a duplicate.
 func diff(device string, desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, now time.Time) diffResult {
+	return diffSuspended(device, desired, obs, recs, listed, nil, now)
+}
+
+// diffSuspended is diff with some allocations suspended (disconnect
+// stop_after, by allocation id, with the reason): their running workloads
+// are stopped, but they stay desired: their records (complete, failed,
+// restart budget) and their exited instances are kept, and nothing of them
+// starts until they are no longer suspended.
+func diffSuspended(device string, desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, suspended map[string]string, now time.Time) diffResult {
 	res := diffResult{Tasks: map[string]taskRecord{}}
 	type want struct {
 		alloc protocol.Allocation
@@ -121,6 +130,19 @@ func diff(device string, desired *protocol.Desired, obs []observed, recs map[str
 		}
 		if !listed[w.task.Driver] {
 			// Unknown driver, or its runtime did not answer: change nothing.
+			res.Tasks[k] = rec
+			continue
+		}
+		if why, ok := suspended[w.alloc.ID]; ok {
+			if old, had := recs[k]; had {
+				rec = old
+			}
+			for _, o := range byKey[k] {
+				if o.State == driver.StateRunning {
+					res.Actions = append(res.Actions, action{Kind: actRemove, Driver: o.Driver, Key: k, ID: o.ID, Stop: true, Reason: "stop_after"})
+					ev(protocol.EventStopped, nil, why)
+				}
+			}
 			res.Tasks[k] = rec
 			continue
 		}

@@ -277,3 +277,29 @@ func TestSameIDNewRunIsCharged(t *testing.T) {
 		t.Fatalf("second run's exit not charged: %+v, events %+v", rec, res2.Events)
 	}
 }
+
+// TestSuspendedKeepsRecords: a suspended allocation (stop_after) stops its
+// running workload but keeps its records and exited instances: a batch task
+// that completed never runs again after the suspension ends.
+func TestSuspendedKeepsRecords(t *testing.T) {
+	a := svcTask("a")
+	d := desiredV(protocol.JobBatch, 1, a)
+	k := taskKey("j.g.0-aaaaaa", "a")
+	done := diff("d", d, []observed{instOf(d, a, driver.StateExited, 0)}, nil, listed, t0)
+	sus := map[string]string{"j.g.0-aaaaaa": "stopped: no server"}
+	res := diffSuspended("d", d, []observed{instOf(d, a, driver.StateExited, 0)}, done.Tasks, listed, sus, t0)
+	if !res.Tasks[k].Complete || len(res.Actions) != 0 {
+		t.Fatalf("suspension touched a complete batch task: %+v %v", res.Tasks[k], kinds(res.Actions))
+	}
+	after := diff("d", d, nil, res.Tasks, listed, t0.Add(time.Hour))
+	if len(after.Actions) != 0 {
+		t.Fatalf("complete batch task ran again after the suspension: %v", kinds(after.Actions))
+	}
+	// A running service task is stopped, and keeps its restart budget.
+	s := desiredWith(protocol.JobService, a)
+	recs := map[string]taskRecord{k: {SpecHash: instanceHash(s.Allocations[0], a), JobVersion: 1, Restarts: 1, Total: 1}}
+	res = diffSuspended("d", s, []observed{inst(a, driver.StateRunning, 0)}, recs, listed, sus, t0)
+	if got := kinds(res.Actions); len(got) != 1 || got[0] != "remove:c-a:stop_after" || res.Tasks[k].Total != 1 {
+		t.Fatalf("suspend running service: %v %+v", got, res.Tasks[k])
+	}
+}

@@ -26,6 +26,7 @@ var (
 	kEvSeq   = []byte("event_seq")  // Event.Seq: contiguous unless dropped
 	kRepSeq  = []byte("report_seq") // Reported.Seq
 	kEpoch   = []byte("epoch")
+	kLink    = []byte("link_seen") // last time edged knew it was connected
 )
 
 // taskRecord is what edged remembers of one task between passes and across
@@ -153,6 +154,25 @@ func (s *localState) putTasks(recs map[string]taskRecord) error {
 		}
 		return nil
 	})
+}
+
+// linkSeen returns the last time edged knew it had its broker connection
+// (zero if never), and setLinkSeen records it, so that stop_after counts
+// offline time across restarts and reboots.
+func (s *localState) linkSeen() time.Time {
+	var t time.Time
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bkMeta).Get(kLink); v != nil {
+			_ = t.UnmarshalText(v)
+		}
+		return nil
+	})
+	return t
+}
+
+func (s *localState) setLinkSeen(t time.Time) error {
+	v, _ := t.UTC().MarshalText()
+	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bkMeta).Put(kLink, v) })
 }
 
 // epoch returns the random name of this database's sequence stream.
