@@ -64,6 +64,7 @@ type Agent struct {
 	inbox   [][]byte // desired payloads not yet processed
 	client  *bus.Client
 	slots   slots
+	sent    map[uint64]sentMark // outbox entries sent, by outbox seq (publisher)
 	outKick chan struct{}
 	lastRep []byte // last report content (without time and seq) queued
 	epoch   string // of the local database's report and event stream
@@ -318,14 +319,26 @@ func (a *Agent) connect(ctx context.Context) {
 		a.mu.Unlock()
 		a.wake()
 	}
-	for backoff = time.Second; ctx.Err() == nil; backoff = min(2*backoff, 30*time.Second) {
+	subs := []struct {
+		filter string
+		h      bus.Handler
+	}{
+		{t.Desired(a.cfg.DeviceID), handler},
+		// edged's own reports and events come back to it: the echo is how
+		// the outbox knows the broker has them.
+		{t.Reported(a.cfg.DeviceID), func(m bus.Message) { a.onEcho(outReport, m) }},
+		{t.Events(a.cfg.DeviceID), func(m bus.Message) { a.onEcho(outEvent, m) }},
+	}
+	for backoff = time.Second; ctx.Err() == nil && len(subs) > 0; backoff = min(2*backoff, 30*time.Second) {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := client.Subscribe(sctx, t.Desired(a.cfg.DeviceID), 1, handler)
+		err := client.Subscribe(sctx, subs[0].filter, 1, subs[0].h)
 		cancel()
 		if err == nil {
-			return
+			subs = subs[1:]
+			backoff = time.Second / 2
+			continue
 		}
-		a.log.Warn().Err(err).Dur("retry_in", backoff).Msg("subscribe to desired state failed")
+		a.log.Warn().Err(err).Str("filter", subs[0].filter).Dur("retry_in", backoff).Msg("subscribe failed")
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
@@ -347,6 +360,11 @@ func (a *Agent) publishLoop(ctx context.Context) {
 		if err := a.flush(ctx); err != nil {
 			if ctx.Err() != nil {
 				return
+			}
+			var ep errEchoPending
+			if errors.As(err, &ep) {
+				retry.Reset(max(time.Until(ep.until), 10*time.Millisecond))
+				continue
 			}
 			a.log.Debug().Err(err).Msg("publish deferred")
 			retry.Reset(time.Second)
@@ -388,29 +406,89 @@ func (a *Agent) flush(ctx context.Context) error {
 		}
 		a.mu.Unlock()
 	}
-	// The durable outbox, in sequence order. An entry is deleted only when
-	// its publish completed on the connection it was sent on; otherwise it
-	// is sent again later, and receivers drop the duplicate by sequence.
-	for {
-		entries, err := a.state.pending(64)
-		if err != nil {
+	// The durable outbox. An entry is deleted only when its message comes
+	// back from the broker on edged's own subscription to its reports and
+	// events (see onEcho): a completed publish token is no proof (paho #563).
+	// Up to outWindow entries are in flight; an entry is sent again on a new
+	// connection, or when its echo is overdue, and receivers drop the
+	// duplicate by sequence.
+	gen := a.connEpoch.Load()
+	entries, err := a.state.pending(outWindow)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	a.mu.Lock()
+	if a.sent == nil {
+		a.sent = map[uint64]sentMark{}
+	}
+	keep := map[uint64]sentMark{}
+	for _, e := range entries {
+		if m, ok := a.sent[e.Seq]; ok {
+			keep[e.Seq] = m
+		}
+	}
+	a.sent = keep // forget what was acknowledged meanwhile
+	a.mu.Unlock()
+	var overdue time.Time
+	for _, e := range entries {
+		a.mu.Lock()
+		m, ok := a.sent[e.Seq]
+		a.mu.Unlock()
+		if ok && m.gen == gen && now.Sub(m.at) < echoTimeout {
+			overdue = earliest(overdue, m.at.Add(echoTimeout))
+			continue
+		}
+		if !c.IsConnected() {
+			return errors.New("not connected")
+		}
+		if err := publish(e.Topic, e.Payload, e.Retain); err != nil {
 			return err
 		}
-		if len(entries) == 0 {
-			return nil
-		}
-		for _, e := range entries {
-			epoch := a.connEpoch.Load()
-			if err := publish(e.Topic, e.Payload, e.Retain); err != nil {
-				return err
-			}
-			if a.connEpoch.Load() != epoch || !c.IsConnected() {
-				return errors.New("connection changed while publishing; will send again")
-			}
-			if err := a.state.ack(e.Seq); err != nil {
-				return err
-			}
-		}
+		a.mu.Lock()
+		a.sent[e.Seq] = sentMark{gen: gen, at: time.Now()}
+		a.mu.Unlock()
+		overdue = earliest(overdue, time.Now().Add(echoTimeout))
+	}
+	if !overdue.IsZero() {
+		return errEchoPending{until: overdue}
+	}
+	return nil
+}
+
+// errEchoPending asks publishLoop to look again when an echo is overdue.
+type errEchoPending struct{ until time.Time }
+
+func (e errEchoPending) Error() string { return "waiting for the broker to echo what was sent" }
+
+// sentMark remembers on which connection, and when, an entry was sent.
+type sentMark struct {
+	gen uint64
+	at  time.Time
+}
+
+const (
+	outWindow   = 64               // entries sent and not yet echoed
+	echoTimeout = 30 * time.Second // resend when an echo is this late
+)
+
+// onEcho acknowledges an outbox entry whose message came back from the
+// broker, which proves the broker has it.
+func (a *Agent) onEcho(kind outKind, m bus.Message) {
+	var probe struct {
+		Epoch string `json:"epoch"`
+		Seq   uint64 `json:"seq"`
+	}
+	if json.Unmarshal(m.Payload, &probe) != nil || probe.Epoch != a.epoch || probe.Seq == 0 {
+		return
+	}
+	found, err := a.state.ackMessage(kind, probe.Seq)
+	if err != nil {
+		a.log.Warn().Err(err).Msg("acknowledge outbox entry")
+		return
+	}
+	if found {
+		a.wakeOut()
 	}
 }
 
@@ -681,11 +759,14 @@ func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[strin
 		return
 	}
 	if dropped > 0 {
-		a.log.Warn().Int("dropped", dropped).Msg("outbox full; dropped the oldest events")
-		msg := fmt.Sprintf("outbox full: the %d oldest events were dropped", dropped)
-		if _, err := a.state.enqueue([]outItem{{Kind: outEvent, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
+		total := a.state.droppedTotal()
+		a.log.Warn().Int("dropped", dropped).Uint64("total", total).Msg("outbox full; dropped the oldest events")
+		msg := fmt.Sprintf("outbox full: %d events dropped so far (the oldest first)", total)
+		// One notice, replaced while unsent, so notices cannot crowd out
+		// the events themselves.
+		if _, err := a.state.enqueue([]outItem{{Kind: outDropped, Topic: a.cfg.Topics.Events(dev), Build: func(seq uint64) ([]byte, error) {
 			return protocol.Encode(protocol.Event{Device: dev, Epoch: a.epoch, Seq: seq, Time: stamp, Type: protocol.EventDropped, Message: msg})
-		}}}, maxQueuedEvents+1); err != nil {
+		}}}, maxQueuedEvents); err != nil {
 			a.log.Error().Err(err).Msg("queue events_dropped")
 		}
 	}

@@ -20,6 +20,7 @@ var (
 	bkMeta   = []byte("meta")
 	bkTasks  = []byte("tasks")
 	bkOutbox = []byte("outbox")
+	bkOutIdx = []byte("outbox_index")
 	kSchema  = []byte("schema")
 	kDesire  = []byte("desired")
 	kSeq     = []byte("outbox_seq") // order of entries in the outbox
@@ -27,6 +28,7 @@ var (
 	kRepSeq  = []byte("report_seq") // Reported.Seq
 	kEpoch   = []byte("epoch")
 	kLink    = []byte("link_seen") // last time edged knew it was connected
+	kDropped = []byte("events_dropped")
 )
 
 // taskRecord is what edged remembers of one task between passes and across
@@ -62,7 +64,7 @@ func openState(path string) (*localState, error) {
 		return nil, fmt.Errorf("open local state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bkMeta, bkTasks, bkOutbox} {
+		for _, b := range [][]byte{bkMeta, bkTasks, bkOutbox, bkOutIdx} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -189,13 +191,18 @@ func (s *localState) epoch() (string, error) {
 type outKind string
 
 const (
-	outEvent  outKind = "event"
-	outReport outKind = "report"
+	outEvent   outKind = "event"
+	outReport  outKind = "report"  // coalesced: only the newest unsent one is kept
+	outDropped outKind = "dropped" // the events_dropped notice, coalesced like reports
 )
 
-// outEntry is one message in the outbox, in sequence order.
+// coalesced kinds keep only their newest unsent entry.
+func (k outKind) coalesced() bool { return k == outReport || k == outDropped }
+
+// outEntry is one message in the outbox, in outbox order (Seq).
 type outEntry struct {
-	Seq     uint64  `json:"seq"`
+	Seq     uint64  `json:"seq"`     // outbox order
+	MsgSeq  uint64  `json:"msg_seq"` // the sequence number inside the message
 	Kind    outKind `json:"kind"`
 	Topic   string  `json:"topic"`
 	Retain  bool    `json:"retain"`
@@ -203,8 +210,9 @@ type outEntry struct {
 }
 
 // outItem is what a caller adds: Build makes the payload once the message's
-// sequence number (per kind: events and reports count separately, so a
-// report replaced before it was sent leaves no gap among events) is known.
+// sequence number is known. Events (and the dropped notice) share one
+// sequence, reports have their own, so a report replaced before it was sent
+// leaves no gap among events.
 type outItem struct {
 	Kind   outKind
 	Topic  string
@@ -218,42 +226,54 @@ func seqKey(seq uint64) []byte {
 	return k
 }
 
+// idxKey indexes an entry by what its message carries, for acknowledgement
+// by echo: "event/SEQ" or "report/SEQ".
+func idxKey(k outKind, msgSeq uint64) []byte {
+	if k == outDropped {
+		k = outEvent // the notice is an event on the wire
+	}
+	return append([]byte(string(k)+"/"), seqKey(msgSeq)...)
+}
+
 // enqueue adds items to the outbox in one transaction, so they survive a
-// power cut before they are sent. A new report replaces any report not yet
-// sent (reports are state: only the newest matters, and it is never
-// dropped). Beyond maxEvents queued events the oldest are dropped; enqueue
-// returns how many.
+// power cut before they are sent. A new report (or dropped notice) replaces
+// the one not yet sent. Beyond maxEvents queued events the oldest are
+// dropped; enqueue returns how many.
 func (s *localState) enqueue(items []outItem, maxEvents int) (dropped int, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
-		m, ob := tx.Bucket(bkMeta), tx.Bucket(bkOutbox)
+		m, ob, ix := tx.Bucket(bkMeta), tx.Bucket(bkOutbox), tx.Bucket(bkOutIdx)
 		counter := func(k []byte) uint64 {
 			n, _ := strconv.ParseUint(string(m.Get(k)), 10, 64)
 			return n
 		}
 		cur, evSeq, repSeq := counter(kSeq), counter(kEvSeq), counter(kRepSeq)
-		var events [][]byte
-		var reports [][]byte
+		del := func(e outEntry) error {
+			if err := ix.Delete(idxKey(e.Kind, e.MsgSeq)); err != nil {
+				return err
+			}
+			return ob.Delete(seqKey(e.Seq))
+		}
+		var events []outEntry
+		latest := map[outKind]*outEntry{}
 		c := ob.Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
 			var e outEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("decode outbox entry: %w", err)
 			}
-			key := append([]byte(nil), k...)
-			if e.Kind == outReport {
-				reports = append(reports, key)
+			if e.Kind.coalesced() {
+				latest[e.Kind] = &e
 			} else {
-				events = append(events, key)
+				events = append(events, e)
 			}
 		}
 		for _, it := range items {
-			if it.Kind == outReport {
-				for _, k := range reports {
-					if err := ob.Delete(k); err != nil {
+			if it.Kind.coalesced() {
+				if old := latest[it.Kind]; old != nil {
+					if err := del(*old); err != nil {
 						return err
 					}
 				}
-				reports = nil
 			}
 			cur++
 			msgSeq := &evSeq
@@ -265,21 +285,25 @@ func (s *localState) enqueue(items []outItem, maxEvents int) (dropped int, err e
 			if err != nil {
 				return err
 			}
-			raw, err := json.Marshal(outEntry{Seq: cur, Kind: it.Kind, Topic: it.Topic, Retain: it.Retain, Payload: payload})
+			e := outEntry{Seq: cur, MsgSeq: *msgSeq, Kind: it.Kind, Topic: it.Topic, Retain: it.Retain, Payload: payload}
+			raw, err := json.Marshal(e)
 			if err != nil {
 				return err
 			}
 			if err := ob.Put(seqKey(cur), raw); err != nil {
 				return err
 			}
-			if it.Kind == outReport {
-				reports = append(reports, seqKey(cur))
+			if err := ix.Put(idxKey(e.Kind, e.MsgSeq), seqKey(cur)); err != nil {
+				return err
+			}
+			if it.Kind.coalesced() {
+				latest[it.Kind] = &e
 			} else {
-				events = append(events, seqKey(cur))
+				events = append(events, e)
 			}
 		}
 		for len(events) > maxEvents {
-			if err := ob.Delete(events[0]); err != nil {
+			if err := del(events[0]); err != nil {
 				return err
 			}
 			events = events[1:]
@@ -290,29 +314,67 @@ func (s *localState) enqueue(items []outItem, maxEvents int) (dropped int, err e
 				return err
 			}
 		}
+		if dropped > 0 {
+			total := counter(kDropped) + uint64(dropped)
+			return m.Put(kDropped, []byte(strconv.FormatUint(total, 10)))
+		}
 		return nil
 	})
 	return dropped, err
 }
 
-// pending returns up to limit outbox entries, oldest first.
+// droppedTotal is how many events the outbox has dropped in this epoch.
+func (s *localState) droppedTotal() uint64 {
+	var n uint64
+	_ = s.db.View(func(tx *bolt.Tx) error {
+		n, _ = strconv.ParseUint(string(tx.Bucket(bkMeta).Get(kDropped)), 10, 64)
+		return nil
+	})
+	return n
+}
+
+// pending returns up to limit outbox entries: the unsent report first (the
+// newest state matters most), then everything else in order.
 func (s *localState) pending(limit int) ([]outEntry, error) {
-	var out []outEntry
+	var out, rest []outEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bkOutbox).Cursor()
-		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+		for k, v := c.First(); k != nil; k, v = c.Next() {
 			var e outEntry
 			if err := json.Unmarshal(v, &e); err != nil {
 				return fmt.Errorf("decode outbox entry: %w", err)
 			}
-			out = append(out, e)
+			if e.Kind == outReport {
+				out = append(out, e)
+			} else if len(rest) < limit {
+				rest = append(rest, e)
+			}
 		}
 		return nil
 	})
+	out = append(out, rest...)
+	if len(out) > limit {
+		out = out[:limit]
+	}
 	return out, err
 }
 
-// ack removes an entry the broker acknowledged.
-func (s *localState) ack(seq uint64) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bkOutbox).Delete(seqKey(seq)) })
+// ackMessage removes the entry whose message (kind, sequence number) came
+// back from the broker; it reports whether there was one.
+func (s *localState) ackMessage(k outKind, msgSeq uint64) (bool, error) {
+	found := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		ix := tx.Bucket(bkOutIdx)
+		key := idxKey(k, msgSeq)
+		v := ix.Get(key)
+		if v == nil {
+			return nil
+		}
+		found = true
+		if err := tx.Bucket(bkOutbox).Delete(v); err != nil {
+			return err
+		}
+		return ix.Delete(key)
+	})
+	return found, err
 }
