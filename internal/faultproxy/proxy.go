@@ -53,6 +53,7 @@ type link struct {
 	client, server net.Conn
 	dead           chan struct{} // closed when this link is black-holed for good
 	once           sync.Once
+	halves         atomic.Int32 // pipes still running
 }
 
 func (l *link) kill() {
@@ -102,7 +103,14 @@ func (p *Proxy) accept() {
 			continue
 		}
 		l := &link{client: c, server: s, dead: make(chan struct{})}
+		l.halves.Store(2)
 		p.mu.Lock()
+		if p.mode == Refuse || p.closed.Load() {
+			// Cut (or closed) while dialing: this link must not survive it.
+			p.mu.Unlock()
+			l.kill()
+			continue
+		}
 		if p.mode == Blackhole {
 			// A connection made during a black hole hangs like the rest.
 			l.once.Do(func() { close(l.dead) })
@@ -125,9 +133,11 @@ func (p *Proxy) pipe(l *link, from, to net.Conn, count *atomic.Int64) {
 		default:
 			l.kill()
 		}
-		p.mu.Lock()
-		delete(p.conns, l)
-		p.mu.Unlock()
+		if l.halves.Add(-1) == 0 {
+			p.mu.Lock()
+			delete(p.conns, l)
+			p.mu.Unlock()
+		}
 	}()
 	buf := make([]byte, 32<<10)
 	for {
@@ -238,5 +248,6 @@ func (p *Proxy) Close() error {
 	for _, l := range links {
 		l.kill()
 	}
+	p.wg.Wait()
 	return err
 }
