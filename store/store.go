@@ -351,7 +351,9 @@ func (s *Store) UpdateDevices(changes map[string][]func(*DeviceRecord)) error {
 		for id, fns := range changes {
 			rec := DeviceRecord{ID: id}
 			if _, err := getJSON(b, []byte(id), &rec); err != nil {
-				return err
+				// An unreadable record must not cost every other device its
+				// update: start this one afresh from what just arrived.
+				rec = DeviceRecord{ID: id}
 			}
 			for _, fn := range fns {
 				fn(&rec)

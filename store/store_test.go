@@ -171,3 +171,21 @@ func TestUpdateDevicesInOneTransaction(t *testing.T) {
 		t.Fatalf("%+v", devs)
 	}
 }
+
+func TestUpdateDevicesSurvivesABadRecord(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"))
+	defer s.Close()
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDevices).Put([]byte("bad"), []byte("{not json")) })
+	err := s.UpdateDevices(map[string][]func(*DeviceRecord){
+		"bad":  {func(d *DeviceRecord) { d.Facts = &protocol.Facts{Device: "bad", Arch: "arm"} }},
+		"good": {func(d *DeviceRecord) { d.Facts = &protocol.Facts{Device: "good", Arch: "amd64"} }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"bad", "good"} {
+		if d, err := s.Device(id); err != nil || d.Facts == nil {
+			t.Errorf("%s: %+v %v", id, d, err)
+		}
+	}
+}

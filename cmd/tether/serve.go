@@ -59,6 +59,9 @@ func newServerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			printEndpoints(cmd, srv.Endpoints(), f.dataDir)
+			if !insecure {
+				fmt.Fprintln(cmd.OutOrStdout(), "Note:          the dashboard connects without credentials, which this server refuses until viewer identities exist; use --insecure-allow-anonymous on a trusted network, or tether dev")
+			}
 			select {
 			case <-cmd.Context().Done():
 			case <-srv.Done():
