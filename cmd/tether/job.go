@@ -47,27 +47,12 @@ its field path, and nothing is published.`,
 			if err != nil {
 				return err
 			}
-			topics, err := g.topics()
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			c, err := g.dial(ctx)
+			c, topics, statuses, err := g.followStatus(ctx, job.ID)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			statuses := make(chan protocol.JobStatus, 64)
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = c.Subscribe(sctx, topics.JobStatus(job.ID), 1, func(m bus.Message) {
-				if st, err := protocol.DecodeJobStatus(m.Payload); err == nil {
-					statuses <- st
-				}
-			})
-			cancel()
-			if err != nil {
-				return err
-			}
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err = c.Publish(pctx, topics.Job(job.ID), payload, true, 1)
 			cancel()
@@ -83,6 +68,32 @@ its field path, and nothing is published.`,
 	cmd.Flags().BoolVarP(&detach, "detach", "d", false, "return once the planner accepted the job")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long to follow the job before giving up")
 	return cmd
+}
+
+// followStatus connects and subscribes to a job's status; every status
+// that arrives (the retained one first) goes to the returned channel.
+func (g *globals) followStatus(ctx context.Context, job string) (*bus.Client, protocol.Topics, <-chan protocol.JobStatus, error) {
+	topics, err := g.topics()
+	if err != nil {
+		return nil, topics, nil, err
+	}
+	c, err := g.dial(ctx)
+	if err != nil {
+		return nil, topics, nil, err
+	}
+	statuses := make(chan protocol.JobStatus, 64)
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = c.Subscribe(sctx, topics.JobStatus(job), 1, func(m bus.Message) {
+		if st, err := protocol.DecodeJobStatus(m.Payload); err == nil {
+			statuses <- st
+		}
+	})
+	if err != nil {
+		c.Close()
+		return nil, topics, nil, err
+	}
+	return c, topics, statuses, nil
 }
 
 func printFieldErrors(w io.Writer, source string, errs []protocol.FieldError) {
@@ -291,27 +302,12 @@ func newJobStopCmd(g *globals) *cobra.Command {
 			if err := protocol.ValidateID(id); err != nil {
 				return fmt.Errorf("job: %w", err)
 			}
-			topics, err := g.topics()
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
-			c, err := g.dial(ctx)
+			c, topics, statuses, err := g.followStatus(ctx, id)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			statuses := make(chan protocol.JobStatus, 64)
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = c.Subscribe(sctx, topics.JobStatus(id), 1, func(m bus.Message) {
-				if st, err := protocol.DecodeJobStatus(m.Payload); err == nil {
-					statuses <- st
-				}
-			})
-			cancel()
-			if err != nil {
-				return err
-			}
 			base := topics.Base()
 			bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err = c.Barrier(bctx, base)

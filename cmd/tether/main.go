@@ -35,6 +35,16 @@ func (g *globals) topics() (protocol.Topics, error) {
 	return protocol.NewTopics(g.topicRoot)
 }
 
+// setup returns the logger and topics the flags ask for.
+func (g *globals) setup() (zerolog.Logger, protocol.Topics, error) {
+	log, err := g.logger()
+	if err != nil {
+		return log, protocol.Topics{}, err
+	}
+	topics, err := g.topics()
+	return log, topics, err
+}
+
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v

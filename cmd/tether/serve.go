@@ -37,11 +37,7 @@ func newServerCmd(g *globals) *cobra.Command {
 		Short: "Run the planner and the embedded broker",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			topics, err := g.topics()
+			log, topics, err := g.setup()
 			if err != nil {
 				return err
 			}
@@ -101,11 +97,7 @@ embedded broker (anonymous access from loopback only) and an edged for this
 machine. Data goes to a new temporary directory unless --data-dir is given.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			log, err := g.logger()
-			if err != nil {
-				return err
-			}
-			topics, err := g.topics()
+			log, topics, err := g.setup()
 			if err != nil {
 				return err
 			}
