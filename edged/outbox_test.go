@@ -24,13 +24,7 @@ import (
 // there.
 func TestOutboxSurvivesRestartAndDeliversInOrder(t *testing.T) {
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	// Reserve a port for a broker that does not exist yet.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := laterPort(t)
 
 	dir := t.TempDir()
 	st, err := openState(filepath.Join(dir, "edged.db"))
@@ -55,14 +49,7 @@ func TestOutboxSurvivesRestartAndDeliversInOrder(t *testing.T) {
 
 	// The broker appears; an observer listens; edged starts again (the task
 	// keeps crashing, so events keep coming).
-	b, err := broker.New(broker.Config{MQTTAddr: addr, AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	startBroker(t, addr, log)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	obs, err := bus.Dial(ctx, bus.Config{Brokers: []string{"mqtt://" + addr}, Log: log})
@@ -171,12 +158,7 @@ func TestOutboxBoundsEventsNeverReports(t *testing.T) {
 // the server is back; an allocation without it keeps running throughout.
 func TestStopAfterDisconnect(t *testing.T) {
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := laterPort(t)
 	dir := t.TempDir()
 	st, err := openState(filepath.Join(dir, "edged.db"))
 	if err != nil {
@@ -201,14 +183,7 @@ func TestStopAfterDisconnect(t *testing.T) {
 		r := runningJobs()
 		return !r["polite"] && r["stubborn"]
 	})
-	b, err := broker.New(broker.Config{MQTTAddr: addr, AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	startBroker(t, addr, log)
 	eventually(t, "the polite workload to start again with the server back", func() bool {
 		r := runningJobs()
 		return r["polite"] && r["stubborn"]
@@ -221,14 +196,7 @@ func TestStopAfterDisconnect(t *testing.T) {
 // another epoch (an earlier database) acknowledges nothing.
 func TestOutboxEmptiesOnEcho(t *testing.T) {
 	log := zerolog.New(zerolog.NewTestWriter(t))
-	b, err := broker.New(broker.Config{MQTTAddr: "127.0.0.1:0", AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := startBroker(t, "127.0.0.1:0", log)
 	dir := t.TempDir()
 	rt := fake.New(fake.Options{})
 	ra := startAgent(t, Config{DeviceID: "e1", Brokers: []string{"mqtt://" + b.MQTTAddr()}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, Log: log})
@@ -252,4 +220,31 @@ func TestOutboxEmptiesOnEcho(t *testing.T) {
 		t.Fatal("an echo from another epoch acknowledged an entry")
 	}
 	ra.stop()
+}
+
+// laterPort returns a loopback address for a broker that starts later in
+// the test (free when asked; nothing else in these tests binds ports by
+// number).
+func laterPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startBroker starts a real broker on addr, closed when the test ends.
+func startBroker(t *testing.T, addr string, log zerolog.Logger) *broker.Broker {
+	t.Helper()
+	b, err := broker.New(broker.Config{MQTTAddr: addr, AllowAnonymousLoopback: true, Log: log.Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
 }
