@@ -84,22 +84,40 @@ func (p *Planner) Run(ctx context.Context) error {
 	p.log.Info().Strs("filters", filters).Msg("planner subscribed")
 	// Publish whatever a previous run decided but could not deliver, and
 	// whatever the store implies, before waiting for news.
-	p.reconcile(ctx)
+	next := p.reconcile(ctx)
 	ticker := time.NewTicker(p.cfg.Resync)
 	defer ticker.Stop()
+	// evalTimer fires when an allocation becomes lost (the plan says when),
+	// so lost_after is honoured without polling.
+	evalTimer := time.NewTimer(time.Hour)
+	defer evalTimer.Stop()
+	arm := func(at time.Time) {
+		if !evalTimer.Stop() {
+			select {
+			case <-evalTimer.C:
+			default:
+			}
+		}
+		if !at.IsZero() {
+			evalTimer.Reset(max(time.Until(at), time.Millisecond))
+		}
+	}
+	arm(next)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-ticker.C:
-			p.reconcile(ctx)
+			arm(p.reconcile(ctx))
+		case <-evalTimer.C:
+			arm(p.reconcile(ctx))
 		case m := <-p.events:
 			p.apply(m)
 			// Coalesce a burst (a reconnect storm, the retained messages at
 			// start) into one plan and one transaction.
 			p.drain()
 			p.flushDevices()
-			p.reconcile(ctx)
+			arm(p.reconcile(ctx))
 		}
 	}
 }
@@ -156,7 +174,14 @@ func (p *Planner) apply(m bus.Message) {
 			log.Warn().Err(err).Msg("ignoring invalid presence")
 			return
 		}
-		p.updateDevice(id, func(d *store.DeviceRecord) { d.Presence = &pr })
+		p.updateDevice(id, func(d *store.DeviceRecord) {
+			// When the status changes, by the server's clock: lost_after
+			// counts from here, never from the device's clock.
+			if d.Presence == nil || d.Presence.Status != pr.Status || d.PresenceChangedAt.IsZero() {
+				d.PresenceChangedAt = now.UTC()
+			}
+			d.Presence = &pr
+		})
 	case protocol.KindReported:
 		if len(m.Payload) == 0 {
 			return
@@ -178,6 +203,7 @@ func (p *Planner) apply(m bus.Message) {
 				return
 			}
 			d.Reported = &r
+			d.ReportedAt = now.UTC()
 		})
 	}
 }
@@ -244,19 +270,25 @@ func (p *Planner) applyJob(id string, payload []byte, now time.Time) {
 // reconcile computes a plan from the store and publishes what changed. It is
 // level-triggered: it reads everything afresh, so a missed or repeated event
 // cannot leave the fleet in a wrong state.
-func (p *Planner) reconcile(ctx context.Context) {
-	if err := p.reconcileOnce(ctx); err != nil && ctx.Err() == nil {
+// It returns when it must run again without news (zero: only on news).
+func (p *Planner) reconcile(ctx context.Context) time.Time {
+	next, err := p.reconcileOnce(ctx)
+	if err != nil && ctx.Err() == nil {
 		p.log.Error().Err(err).Msg("reconcile")
 	}
+	return next
 }
 
-func (p *Planner) reconcileOnce(ctx context.Context) error {
+func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	now := p.cfg.Now()
 	snap, heads, err := p.snapshot()
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
 	plan := core.Compute(snap, now)
+	if len(plan.Lost) > 0 {
+		p.log.Debug().Int("lost", len(plan.Lost)).Int("disconnected", len(plan.Disconnected)).Msg("allocations on offline devices")
+	}
 	if len(plan.Place)+len(plan.Update)+len(plan.Stop) > 0 {
 		p.log.Info().Int("place", len(plan.Place)).Int("update", len(plan.Update)).
 			Int("stop", len(plan.Stop)).Int("keep", len(plan.Keep)).Msg("plan")
@@ -265,7 +297,7 @@ func (p *Planner) reconcileOnce(ctx context.Context) error {
 			allocs[i] = toStore(a)
 		}
 		if err := p.cfg.Store.ReplaceAllocations(allocs); err != nil {
-			return fmt.Errorf("persist plan: %w", err)
+			return plan.NextEval, fmt.Errorf("persist plan: %w", err)
 		}
 	}
 	var errs []error
@@ -279,7 +311,7 @@ func (p *Planner) reconcileOnce(ctx context.Context) error {
 	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return plan.NextEval, errors.Join(errs...)
 }
 
 func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
@@ -316,10 +348,20 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
 		}
 		if d.Presence != nil {
 			cd.Presence = d.Presence.Status
+			if cd.Presence == protocol.Offline {
+				cd.OfflineSince = d.PresenceChangedAt
+			}
 		}
 		if d.Reported != nil {
+			// Task start times come from the device's clock; shift them by
+			// how far that clock was off when the report arrived, so that
+			// longest_running compares two devices on the server's clock.
+			skew := time.Duration(0)
+			if !d.ReportedAt.IsZero() && !d.Reported.Time.IsZero() {
+				skew = d.ReportedAt.Sub(d.Reported.Time)
+			}
 			for _, a := range d.Reported.Allocations {
-				cd.Reported[a.ID] = a
+				cd.Reported[a.ID] = shiftStarts(a, skew)
 			}
 		}
 		snap.Devices = append(snap.Devices, cd)
@@ -334,27 +376,58 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
 	return snap, heads, nil
 }
 
+// shiftStarts returns a copy of a with its task start times moved by d.
+func shiftStarts(a protocol.AllocStatus, d time.Duration) protocol.AllocStatus {
+	if d == 0 {
+		return a
+	}
+	tasks := make([]protocol.TaskStatus, len(a.Tasks))
+	for i, t := range a.Tasks {
+		if t.StartedAt != nil {
+			s := t.StartedAt.Add(d)
+			t.StartedAt = &s
+		}
+		tasks[i] = t
+	}
+	a.Tasks = tasks
+	return a
+}
+
+// toStore and fromStore convert between the core's allocations and the
+// store's; every field of core.Alloc must survive the round trip (a test
+// checks it with reflection).
 func toStore(a core.Alloc) store.Allocation {
 	return store.Allocation{
 		Allocation: protocol.Allocation{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Type: a.Type, Tasks: a.Tasks},
 		Device:     a.Device,
 		Index:      a.Index,
+		Replaces:   a.Replaces,
 	}
 }
 
 func fromStore(a store.Allocation) core.Alloc {
-	return core.Alloc{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Index: a.Index, Type: a.Type, Device: a.Device, Tasks: a.Tasks}
+	return core.Alloc{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Index: a.Index, Type: a.Type, Device: a.Device, Tasks: a.Tasks, Replaces: a.Replaces}
 }
 
 // publishDesired publishes the desired document of every device whose
 // allocations changed, and retries documents the broker did not acknowledge.
 func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan core.Plan, now time.Time) error {
+	stopAfter := map[[2]string]time.Duration{} // (job, group) → disconnect.stop_after
+	for _, j := range snap.Jobs {
+		for _, g := range j.Job.Groups {
+			if d := g.StopAfter(); d > 0 {
+				stopAfter[[2]string{j.Job.ID, g.Name}] = d
+			}
+		}
+	}
 	byDevice := map[string][]protocol.Allocation{}
 	for _, d := range snap.Devices {
 		byDevice[d.ID] = []protocol.Allocation{}
 	}
 	for _, a := range plan.Allocations {
-		byDevice[a.Device] = append(byDevice[a.Device], toStore(a).Allocation)
+		pa := toStore(a).Allocation
+		pa.StopAfterDisconnect = protocol.Duration(stopAfter[[2]string{a.Job, a.Group}])
+		byDevice[a.Device] = append(byDevice[a.Device], pa)
 	}
 	ids := make([]string, 0, len(byDevice))
 	for id := range byDevice {
@@ -449,10 +522,17 @@ func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan
 	for _, a := range plan.Allocations {
 		byJob[a.Job] = append(byJob[a.Job], a)
 	}
+	conn := map[string]protocol.AllocState{}
+	for _, a := range plan.Disconnected {
+		conn[a.ID] = protocol.AllocDisconnected
+	}
+	for _, a := range plan.Lost {
+		conn[a.ID] = protocol.AllocLost
+	}
 	var errs []error
 	var all []protocol.JobStatus
 	for _, h := range heads {
-		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported)
+		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported, conn)
 		if h.Latest > 0 {
 			if rec, err := p.cfg.Store.JobVersion(h.ID, h.Latest); err == nil {
 				st.Type = rec.Job.Type
@@ -536,9 +616,11 @@ func BuildSummary(devices []core.Device, statuses []protocol.JobStatus) protocol
 }
 
 // BuildStatus derives a job's status from its head, its groups' placement
-// summary, its allocations and the devices' reports (by device, then
-// allocation id). UpdatedAt is left zero so that equal statuses hash equal.
-func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.Alloc, reported map[string]map[string]protocol.AllocStatus) protocol.JobStatus {
+// summary, its allocations, the devices' reports (by device, then
+// allocation id) and the allocations whose device is offline (by id:
+// disconnected or lost). UpdatedAt is left zero so that equal statuses hash
+// equal.
+func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.Alloc, reported map[string]map[string]protocol.AllocStatus, conn map[string]protocol.AllocState) protocol.JobStatus {
 	st := protocol.JobStatus{Job: h.ID, Version: h.Latest, Submission: h.LastDigest, Errors: h.LastErrors}
 	switch {
 	case h.Stopped:
@@ -569,8 +651,21 @@ func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.A
 				}
 			}
 		}
+		if cs, ok := conn[a.ID]; ok {
+			sum.State = cs
+			if a.Replaces == "" && cs == protocol.AllocLost {
+				sum.Message = "device offline longer than lost_after"
+			}
+		}
+		if a.Replaces != "" {
+			sum.Message = "replaces " + a.Replaces
+		}
 		st.Counts.Placed++
 		switch sum.State {
+		case protocol.AllocDisconnected:
+			st.Counts.Disconnected++
+		case protocol.AllocLost:
+			st.Counts.Lost++
 		case protocol.AllocRunning:
 			st.Counts.Running++
 		case protocol.AllocComplete:
@@ -588,7 +683,9 @@ func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.A
 		st.State = protocol.JobDegraded
 	case c.Placed > 0 && c.Complete == c.Placed:
 		st.State = protocol.JobComplete
-	case c.Pending == 0 && c.Running+c.Complete == c.Placed:
+	case c.Pending == 0 && (c.Placed == 0 || c.Running+c.Complete > 0) && c.Running+c.Complete+c.Disconnected+c.Lost == c.Placed:
+		// Allocations on offline devices do not hold the job back: they
+		// run there as far as anyone knows, or have been replaced.
 		st.State = protocol.JobRunning
 	default:
 		st.State = protocol.JobPending

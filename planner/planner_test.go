@@ -346,3 +346,47 @@ func TestDeviceResourcesFromFacts(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// TestLostDeviceIsReplacedAndReconciled: a device offline for longer than
+// the group's lost_after has its allocation replaced elsewhere (the
+// original stays in its desired document, so it keeps running there); when
+// the device returns only one of the two survives.
+func TestLostDeviceIsReplacedAndReconciled(t *testing.T) {
+	f := newFixture(t)
+	f.device("a", 2000, 1024, map[string]string{"pref": "yes"})
+	f.device("b", 1000, 1024, nil)
+	f.startPlanner()
+	f.publish(f.topics.Job("svc"), `{"id":"svc","groups":[{"name":"g","count":1,"disconnect":{"lost_after":"1s","reconcile":"keep_original"},"constraints":[{"attribute":"${device.labels.pref}","operator":"is_set"}],"tasks":[{"name":"t","driver":"podman","config":{"image":"i"}}]}]}`)
+	st := wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "placed on a", func(s protocol.JobStatus) bool { return s.Counts.Placed == 1 })
+	if st.Allocs[0].Device != "a" {
+		t.Fatalf("placed on %s, want a", st.Allocs[0].Device)
+	}
+	original := st.Allocs[0].ID
+	// b may now run it too: relabel it.
+	now := time.Now()
+	f.publish(f.topics.Facts("b"), protocol.Facts{Device: "b", Arch: "amd64", OS: "linux", CPUMHz: 1000, MemoryMB: 1024, Drivers: []string{"exec", "podman"}, Labels: map[string]string{"pref": "too"}})
+	f.publish(f.topics.Presence("a"), protocol.Presence{Device: "a", Status: protocol.Offline})
+	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "the allocation disconnected", func(s protocol.JobStatus) bool { return s.Counts.Disconnected == 1 })
+	// After lost_after, with no other event, a replacement goes to b.
+	st = wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "a replacement on b", func(s protocol.JobStatus) bool { return s.Counts.Lost == 1 && s.Counts.Placed == 2 })
+	var repl protocol.AllocSummary
+	for _, a := range st.Allocs {
+		if a.Device == "b" {
+			repl = a
+		}
+	}
+	if repl.ID == "" || !strings.Contains(repl.Message, original) {
+		t.Fatalf("no replacement naming %s: %+v", original, st.Allocs)
+	}
+	wait(f, f.topics.Desired("b"), protocol.DecodeDesired, "the replacement in b's desired state", func(d protocol.Desired) bool { return len(d.Allocations) == 1 })
+	if d := wait(f, f.topics.Desired("a"), protocol.DecodeDesired, "a's desired state", func(protocol.Desired) bool { return true }); len(d.Allocations) != 1 {
+		t.Fatalf("the original left a's desired state while a was away: %+v", d)
+	}
+	// a returns: keep_original stops the replacement.
+	f.publish(f.topics.Presence("a"), protocol.Presence{Device: "a", Status: protocol.Online, Since: &now})
+	st = wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "one allocation again", func(s protocol.JobStatus) bool { return s.Counts.Placed == 1 && s.Counts.Lost == 0 })
+	if st.Allocs[0].ID != original {
+		t.Fatalf("keep_original kept %s, want %s", st.Allocs[0].ID, original)
+	}
+	wait(f, f.topics.Desired("b"), protocol.DecodeDesired, "the replacement gone from b", func(d protocol.Desired) bool { return len(d.Allocations) == 0 })
+}

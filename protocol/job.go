@@ -94,7 +94,10 @@ type Group struct {
 	// Spreads distribute the instances of service and batch groups over the
 	// values of device attributes.
 	Spreads []Spread `json:"spreads,omitempty"`
-	Tasks   []Task   `json:"tasks"`
+	// Disconnect says what happens to the group's allocations when their
+	// device goes offline; nil means the defaults (see Disconnect).
+	Disconnect *Disconnect `json:"disconnect,omitempty"`
+	Tasks      []Task      `json:"tasks"`
 }
 
 // Instances is the number of instances the group asks for (service and batch).
@@ -103,6 +106,89 @@ func (g Group) Instances() int {
 		return 1
 	}
 	return *g.Count
+}
+
+// Disconnect is a group's disconnect policy, after Nomad 1.8's disconnect
+// block. An allocation on a device that went offline is disconnected: it is
+// kept, still counts as an instance and is not replaced. Once the device has
+// been offline for LostAfter it is lost: it still stays in the device's
+// desired state (the device keeps running it), but for service and batch
+// groups that Replace a replacement is placed on another device. When the
+// device comes back while both exist, Reconcile decides which survives.
+// Every field is optional; Normalize fills in none of them, so that
+// documents written before the block existed normalize as before, and the
+// Group methods LostAfter, ReplacesLost, ReconcileStrategy and StopAfter
+// apply the defaults.
+type Disconnect struct {
+	// LostAfter is how long a device may be offline before its allocations
+	// of the group count as lost; 0 means DefaultLostAfter.
+	LostAfter Duration `json:"lost_after,omitempty"`
+	// Replace says whether lost allocations of service and batch groups are
+	// replaced on another device; nil means true. System and sysbatch
+	// allocations are bound to their device and are never replaced, so
+	// true is refused for them.
+	Replace *bool `json:"replace,omitempty"`
+	// Reconcile says which of an original allocation and its replacement
+	// survives when the original's device returns: ReconcileKeepOriginal,
+	// ReconcileKeepReplacement, ReconcileBestScore (the default, "") or
+	// ReconcileLongestRunning.
+	Reconcile string `json:"reconcile,omitempty"`
+	// StopAfter is how long edged keeps the group's workloads running
+	// without reaching the server before it stops them itself; 0 means
+	// never. It is independent of LostAfter: a StopAfter no longer than
+	// LostAfter means the original is stopped before its replacement starts.
+	StopAfter Duration `json:"stop_after,omitempty"`
+}
+
+// Reconcile strategies of a disconnect policy.
+const (
+	ReconcileKeepOriginal    = "keep_original"
+	ReconcileKeepReplacement = "keep_replacement"
+	ReconcileBestScore       = "best_score"
+	ReconcileLongestRunning  = "longest_running"
+)
+
+// Disconnect defaults.
+const (
+	DefaultLostAfter = 5 * time.Minute
+	DefaultReconcile = ReconcileBestScore
+)
+
+// LostAfter is how long the group's allocations may be offline before they
+// count as lost: the group's disconnect.lost_after, else DefaultLostAfter.
+func (g Group) LostAfter() time.Duration {
+	if g.Disconnect != nil && g.Disconnect.LostAfter > 0 {
+		return g.Disconnect.LostAfter.Std()
+	}
+	return DefaultLostAfter
+}
+
+// ReplacesLost reports whether lost allocations of the group, in a job of
+// type t, are replaced on another device: never for system and sysbatch
+// jobs, else unless disconnect.replace is false.
+func (g Group) ReplacesLost(t JobType) bool {
+	if t.OnEveryDevice() {
+		return false
+	}
+	return g.Disconnect == nil || g.Disconnect.Replace == nil || *g.Disconnect.Replace
+}
+
+// ReconcileStrategy is the group's disconnect.reconcile, else
+// DefaultReconcile.
+func (g Group) ReconcileStrategy() string {
+	if g.Disconnect != nil && g.Disconnect.Reconcile != "" {
+		return g.Disconnect.Reconcile
+	}
+	return DefaultReconcile
+}
+
+// StopAfter is how long edged keeps the group's workloads running without
+// the server before stopping them: disconnect.stop_after, 0 for never.
+func (g Group) StopAfter() time.Duration {
+	if g.Disconnect != nil && g.Disconnect.StopAfter > 0 {
+		return g.Disconnect.StopAfter.Std()
+	}
+	return 0
 }
 
 // Constraint restricts the devices a group may be placed on. Attribute is a
@@ -357,7 +443,8 @@ func underAny(path string, shape []error) bool {
 
 // Normalize fills in defaults: type service, count 1, operator "=", spread
 // weight 50, device request count 1, default resources and restart policy.
-// It is idempotent.
+// It leaves a group's disconnect policy as written (see Disconnect). It is
+// idempotent.
 func (j *Job) Normalize() {
 	if j.Type == "" {
 		j.Type = JobService
@@ -477,6 +564,9 @@ func (j Job) Validate() error {
 		for si, sp := range g.Spreads {
 			errs = append(errs, validateSpread(fmt.Sprintf("%s.spreads[%d]", gp, si), sp, spreadAttrs, si)...)
 		}
+		if d := g.Disconnect; d != nil {
+			errs = append(errs, validateDisconnect(gp+".disconnect", *d, j.Type)...)
+		}
 		if len(g.Tasks) == 0 {
 			add(gp+".tasks", "want at least one task")
 		}
@@ -494,6 +584,28 @@ func (j Job) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// reconcileStrategies in the order error messages list them.
+var reconcileStrategies = []string{ReconcileKeepOriginal, ReconcileKeepReplacement, ReconcileBestScore, ReconcileLongestRunning}
+
+// validateDisconnect checks a group's disconnect policy at path dp.
+func validateDisconnect(dp string, d Disconnect, t JobType) []error {
+	var errs []error
+	add := func(path, format string, args ...any) { errs = append(errs, fieldErr(path, format, args...)) }
+	if d.LostAfter < 0 {
+		add(dp+".lost_after", "want a positive duration, got %s", d.LostAfter.Std())
+	}
+	if d.StopAfter < 0 {
+		add(dp+".stop_after", "want a positive duration, got %s", d.StopAfter.Std())
+	}
+	if d.Replace != nil && *d.Replace && t.OnEveryDevice() {
+		add(dp+".replace", "not used by %s jobs, whose allocations are bound to their device and never replaced", t)
+	}
+	if d.Reconcile != "" && !slices.Contains(reconcileStrategies, d.Reconcile) {
+		add(dp+".reconcile", "unknown strategy %q, want keep_original, keep_replacement, best_score or longest_running", d.Reconcile)
+	}
+	return errs
 }
 
 // validateConstraint checks a constraint (or an affinity's condition, with

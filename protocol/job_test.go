@@ -575,3 +575,98 @@ func TestSplitSetAndNumbers(t *testing.T) {
 		}
 	}
 }
+
+func TestDisconnectDefaults(t *testing.T) {
+	j, err := ParseJob([]byte(`{"id":"x","groups":[{"name":"g","tasks":[{"name":"t","driver":"exec","config":{"command":["/bin/true"]}}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := j.Groups[0]
+	if g.Disconnect != nil {
+		t.Errorf("Normalize filled in a disconnect policy: %+v", g.Disconnect)
+	}
+	if g.LostAfter() != DefaultLostAfter || DefaultLostAfter != 5*time.Minute || !g.ReplacesLost(JobService) || !g.ReplacesLost(JobBatch) ||
+		g.ReplacesLost(JobSystem) || g.ReplacesLost(JobSysBatch) || g.ReconcileStrategy() != ReconcileBestScore || g.StopAfter() != 0 {
+		t.Errorf("defaults: lost after %s, replaces %v, reconcile %q, stop after %s", g.LostAfter(), g.ReplacesLost(JobService), g.ReconcileStrategy(), g.StopAfter())
+	}
+	// A document without the block encodes without it: jobs accepted before
+	// it existed compare equal to the same document submitted again.
+	raw, _ := Encode(j)
+	if strings.Contains(string(raw), "disconnect") {
+		t.Errorf("encoded a disconnect policy: %s", raw)
+	}
+
+	j, err = ParseJob([]byte(`
+id: x
+groups:
+  - name: g
+    disconnect: {lost_after: 90s, replace: false, reconcile: keep_replacement, stop_after: 10m}
+    tasks: [{name: t, driver: exec, config: {command: [/bin/true]}}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = j.Groups[0]
+	if g.LostAfter() != 90*time.Second || g.ReplacesLost(JobService) || g.ReconcileStrategy() != ReconcileKeepReplacement || g.StopAfter() != 10*time.Minute {
+		t.Errorf("policy: lost after %s, replaces %v, reconcile %q, stop after %s", g.LostAfter(), g.ReplacesLost(JobService), g.ReconcileStrategy(), g.StopAfter())
+	}
+	// A partial block keeps the other defaults, and is kept as written.
+	j, err = ParseJob([]byte(`{"id":"x","groups":[{"name":"g","disconnect":{"stop_after":"30s"},"tasks":[{"name":"t","driver":"exec","config":{"command":["/bin/true"]}}]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g = j.Groups[0]
+	if g.LostAfter() != DefaultLostAfter || !g.ReplacesLost(JobBatch) || g.ReconcileStrategy() != DefaultReconcile || g.StopAfter() != 30*time.Second {
+		t.Errorf("partial policy: %+v", *g.Disconnect)
+	}
+	if raw, _ := Encode(j); !strings.Contains(string(raw), `"disconnect":{"stop_after":"30s"}`) {
+		t.Errorf("partial policy encoded as %s", raw)
+	}
+}
+
+func TestDisconnectValidation(t *testing.T) {
+	job := func(typ JobType, disconnect string) string {
+		return `{"id":"x","type":"` + string(typ) + `","groups":[{"name":"g","disconnect":` + disconnect +
+			`,"tasks":[{"name":"t","driver":"exec","config":{"command":["/bin/true"]}}]}]}`
+	}
+	for _, c := range []struct {
+		doc  string
+		want []string // nil: valid
+	}{
+		{job(JobService, `{"lost_after":"-1m","stop_after":"-5s","reconcile":"x"}`), []string{
+			"groups[0].disconnect.lost_after: want a positive duration, got -1m0s",
+			"groups[0].disconnect.stop_after: want a positive duration, got -5s",
+			`groups[0].disconnect.reconcile: unknown strategy "x", want keep_original, keep_replacement, best_score or longest_running`,
+		}},
+		{job(JobSystem, `{"replace":true}`), []string{
+			"groups[0].disconnect.replace: not used by system jobs, whose allocations are bound to their device and never replaced",
+		}},
+		{job(JobSysBatch, `{"replace":true,"reconcile":"keep_original"}`), []string{
+			"groups[0].disconnect.replace: not used by sysbatch jobs, whose allocations are bound to their device and never replaced",
+		}},
+		{job(JobSystem, `{"replace":false,"lost_after":"1h","stop_after":"2h"}`), nil},
+		{job(JobSysBatch, `{}`), nil},
+		{job(JobBatch, `{"replace":true,"reconcile":"longest_running","stop_after":"1m"}`), nil},
+		// Shape errors: each is reported (with others the undecodable
+		// duration causes), not just the first.
+		{job(JobService, `{"lost_after":"soon","replace":"yes","lsot_after":"1m"}`), []string{
+			`groups[0].disconnect.lost_after: want a duration such as "15s", got "soon"`,
+			"groups[0].disconnect.replace: want boolean, got string",
+			"groups[0].disconnect.lsot_after: unknown field, want one of lost_after, replace, reconcile, stop_after",
+		}},
+	} {
+		_, err := ParseJob([]byte(c.doc))
+		var got []string
+		for _, fe := range FieldErrors(err) {
+			got = append(got, fe.Error())
+		}
+		if c.want == nil && err != nil {
+			t.Errorf("%s: refused: %q", c.doc, got)
+		}
+		for _, w := range c.want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s: missing %q in %q", c.doc, w, got)
+			}
+		}
+	}
+}

@@ -308,9 +308,14 @@ type DeviceRecord struct {
 	// device, DesiredHash the hash of its allocations, and Published whether
 	// the broker acknowledged it. Generation is Desired.Generation; it is
 	// stored before publishing so a restart never reuses one.
-	Desired     *protocol.Desired `json:"desired,omitempty"`
-	DesiredHash string            `json:"desired_hash,omitempty"`
-	Published   bool              `json:"published"`
+	Desired *protocol.Desired `json:"desired,omitempty"`
+	// PresenceChangedAt is when the planner saw Presence change status, by
+	// the server's clock (lost_after counts from it).
+	PresenceChangedAt time.Time `json:"presence_changed_at,omitempty"`
+	// ReportedAt is when Reported arrived, by the server's clock.
+	ReportedAt  time.Time `json:"reported_at,omitempty"`
+	DesiredHash string    `json:"desired_hash,omitempty"`
+	Published   bool      `json:"published"`
 }
 
 // Generation returns the generation of the last desired document (0 if none).
@@ -406,8 +411,9 @@ func (s *Store) Devices() ([]DeviceRecord, error) {
 // Allocation is a placed allocation as the store keeps it.
 type Allocation struct {
 	protocol.Allocation
-	Device string `json:"device"`
-	Index  int    `json:"index"`
+	Device   string `json:"device"`
+	Index    int    `json:"index"`
+	Replaces string `json:"replaces,omitempty"` // a lost allocation this one replaces
 }
 
 // Allocations returns the current allocations in id order.

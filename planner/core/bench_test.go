@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tether-edge/tether/protocol"
 )
@@ -219,4 +220,29 @@ func BenchmarkComputeFleet(b *testing.B) {
 		}
 		reportHeap(b, base, devices, s, p)
 	})
+}
+
+// BenchmarkComputeLost measures the steady state of a fleet a tenth of
+// which is lost: 1,000 devices, 10,000 instances, the 100 devices offline
+// for an hour holding 1,000 lost instances, each replaced elsewhere; what
+// every report triggers until those devices return.
+func BenchmarkComputeLost(b *testing.B) {
+	s := benchSnapshot(1000, 10000)
+	s.Allocations = asDecoded(Compute(s, t0).Allocations)
+	s.Devices = slices.Clone(s.Devices)
+	for i := 0; i < len(s.Devices); i += 10 {
+		s.Devices[i].Presence, s.Devices[i].OfflineSince = protocol.Offline, t0.Add(-time.Hour)
+	}
+	p := Compute(s, t0)
+	if len(p.Lost) == 0 || len(p.Place) != len(p.Lost) {
+		b.Fatalf("lost %d, replaced %d", len(p.Lost), len(p.Place))
+	}
+	s.Allocations = asDecoded(p.Allocations)
+	b.ReportAllocs()
+	for b.Loop() {
+		p := Compute(s, t0)
+		if len(p.Place)+len(p.Stop)+len(p.Update) != 0 {
+			b.Fatal("steady state changed")
+		}
+	}
 }

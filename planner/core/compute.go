@@ -44,12 +44,14 @@ func allocID(job, group string, index int, suffix string) string {
 	return b.String()
 }
 
-// Compute plans the allocations of every job over every device. It is pure
-// and deterministic: it does not modify s, does no I/O, and the same s always
-// yields the same Plan, whatever the order of its slices (now is only copied
-// into Plan.Now). The Plan shares task data with s and must be treated as
-// read-only; Plan.Allocations may share its array with Plan.Keep or
-// Plan.Place. See the package documentation for the flow; the rules in short:
+// Compute plans the allocations of every job over every device at time now.
+// It is pure and deterministic: it does not modify s, does no I/O, reads no
+// clock, and the same s and now always yield the same Plan, whatever the
+// order of its slices (now only decides which allocations are lost, see
+// below, and is copied into Plan.Now). The Plan shares task data with s and
+// must be treated as read-only; Plan.Allocations may share its array with
+// Plan.Keep or Plan.Place. See the package documentation for the flow; the
+// rules in short:
 //
 //   - Jobs are handled in id order (for duplicate ids the highest version
 //     wins), groups in document order. Every existing allocation is judged
@@ -61,7 +63,8 @@ func allocID(job, group string, index int, suffix string) string {
 //     the feasibility checks other than presence, it would break a
 //     distinct_hosts or distinct_property constraint given the allocations
 //     kept before it (in slot order), or it no longer fits its device.
-//     Allocations on offline devices are kept. When several allocations
+//     Allocations on offline devices are kept (but see the disconnect
+//     policy below). When several allocations
 //     claim one slot (an index, or a device for system and sysbatch groups),
 //     one survives: a complete batch or sysbatch allocation, else the first
 //     current one (by id) that is admitted, else the first stale one (by id)
@@ -83,12 +86,42 @@ func allocID(job, group string, index int, suffix string) string {
 //   - Free slots are placed on the best feasible online device that has room;
 //     see rank.go. System and sysbatch groups get one allocation on every
 //     such device.
+//   - Disconnect policy (protocol.Disconnect). An allocation that is not
+//     terminal, on a device that is not online, is disconnected; it is lost
+//     once the device has been offline (Device.OfflineSince) for its group's
+//     lost_after. Disconnected allocations, and lost ones of groups that do
+//     not replace (system and sysbatch groups never do), are ordinary
+//     allocations. A lost allocation of a service or batch group that
+//     replaces stays in the plan as it is (never updated, its own demand
+//     still reserved on its device), but does not count as an instance nor
+//     for distinct_hosts, distinct_property or spread: its index is placed
+//     again on another (online) device, the new allocation's Replaces naming
+//     it. While its device is offline, an allocation a replacement names
+//     stays like that even when it is no longer lost (its device came back
+//     and went again before a plan saw it online). When its device is
+//     online, original and replacement claim the same index and one
+//     survives, chosen by the group's reconcile strategy (see
+//     replacementWins), except that a complete batch allocation always
+//     wins, one running the job's current spec beats a stale one (a
+//     replacement updated while the original was away beats it whatever the
+//     strategy, as in Nomad), and a failed one loses; the other stops, and
+//     the survivor's Replaces mark is cleared (an Update). A mark is kept
+//     only while it names an allocation of the plan of the same index on
+//     another device. An allocation that finished an older version (complete
+//     or failed) on a lost device of a group that replaces is stopped, so
+//     that the new version runs elsewhere. An allocation that was not
+//     replaced is never stopped because its device came back (a lost one
+//     no replacement could be placed for gets then the update it was
+//     spared while frozen, if any).
 //   - Groups has an entry for every job that is not stopped. Desired is the
 //     count for service and batch groups; for system and sysbatch groups it
 //     is the number of devices that either run the group already or pass
 //     every feasibility check but resources. Placed counts the group's
-//     allocations in Plan.Allocations (kept, updated and placed). Unplaced
-//     explains the difference; see unplacedMessage.
+//     allocations in Plan.Allocations (kept, updated and placed) but for the
+//     lost (or replaced) ones above. Unplaced explains the difference; see
+//     unplacedMessage.
+//   - Lost, Disconnected, LostByJob and NextEval describe the plan's
+//     allocations on devices that are not online; see Plan.
 func Compute(s Snapshot, now time.Time) Plan {
 	return compute(s, now, nil)
 }
@@ -98,6 +131,7 @@ func Compute(s Snapshot, now time.Time) Plan {
 func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, bool)) Plan {
 	p := newPlanner(s.Devices, s.Allocations)
 	p.pick = pick
+	p.now = now
 	jobs := latestJobs(s.Jobs)
 	byID := make(map[string]*jobPlan, len(jobs))
 	var groups []*groupPlan
@@ -117,6 +151,9 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 	p.route(byID)
 	for _, gp := range groups {
 		p.keepPass(gp)
+	}
+	for _, gp := range groups {
+		p.disconnectPass(gp)
 	}
 	for _, gp := range groups {
 		p.updatePass(gp)
@@ -164,6 +201,7 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 	for _, gp := range groups {
 		plan.Groups[gp.job.Job.ID] = append(plan.Groups[gp.job.Job.ID], gp.status)
 	}
+	p.connectivity(&plan, byID)
 	return plan
 }
 
@@ -179,6 +217,7 @@ type planner struct {
 	memos   map[string]*feasMemo
 	binPack binPackMemo
 	pick    func(*planner, *groupPlan) (int32, bool) // replaces the ranker in tests
+	now     time.Time
 
 	allocs []Alloc // the snapshot's, read-only
 	ids    *idSet  // every allocation id in use: the snapshot's and those placed
@@ -192,6 +231,10 @@ type planner struct {
 	rankBuf []rankEntry
 	heapBuf []heapEntry
 	devBuf  []int32
+	// Buffers reused by judgeDisconnect from one slot to the next.
+	dinfo           []dcand
+	dsurvivor       []bool
+	dpresent, daway []int
 }
 
 // feasMemo holds the result of keepChecks for every device, for the groups
@@ -263,6 +306,14 @@ type groupPlan struct {
 	placed    []Alloc // new allocations
 	placedDev []int32 // their devices
 
+	// The disconnect policy (see disconnect.go).
+	replace     bool           // lost allocations are replaced
+	lostAfter   time.Duration  // offline for this long: lost
+	strategy    string         // reconcile strategy
+	disconnects []pendingSlot  // slots judged by judgeDisconnect, in slot order
+	dcands      []cand         // their candidates
+	targets     map[int]string // free slot → id of the away allocation its replacement replaces
+
 	status protocol.GroupStatus
 }
 
@@ -286,7 +337,8 @@ func (p *planner) newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
 	if typ == "" {
 		typ = protocol.JobService
 	}
-	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name}}
+	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name},
+		replace: g.ReplacesLost(typ), lostAfter: g.LostAfter(), strategy: g.ReconcileStrategy()}
 	m := p.memos[gp.spec.signature]
 	if m == nil {
 		m = &feasMemo{}
@@ -422,8 +474,10 @@ func (p *planner) fitReason(gp *groupPlan, di int32) string {
 }
 
 // reserve takes one instance's demand of a group on a device.
-func (p *planner) reserve(gp *groupPlan, di int32) {
-	dem := &gp.spec.demand
+func (p *planner) reserve(gp *groupPlan, di int32) { p.reserveDemand(di, &gp.spec.demand) }
+
+// reserveDemand takes a demand on a device.
+func (p *planner) reserveDemand(di int32, dem *demand) {
 	p.used[di] = p.used[di].add(dem.res)
 	if len(dem.devices) == 0 {
 		return
@@ -569,6 +623,7 @@ func (p *planner) keepPass(gp *groupPlan) {
 	for k := 0; k < len(entries); {
 		slot := entries[k].slot
 		cands = cands[:0]
+		disconnect := false
 		for ; k < len(entries) && entries[k].slot == slot; k++ {
 			c := cand{i: entries[k].i, di: entries[k].di}
 			a := &p.allocs[c.i]
@@ -581,9 +636,20 @@ func (p *planner) keepPass(gp *groupPlan) {
 				p.stop = append(p.stop, *a)
 				continue
 			}
+			if a.Replaces != "" || (d.Presence != protocol.Online && gp.replace && p.lost(gp, d)) {
+				disconnect = true
+			}
 			cands = append(cands, c)
 		}
-		if len(cands) > 0 {
+		switch {
+		case len(cands) == 0:
+		case disconnect:
+			// One buffer for every such slot of the group: earlier slots
+			// keep the array they were appended to.
+			from := len(gp.dcands)
+			gp.dcands = append(gp.dcands, cands...)
+			gp.disconnects = append(gp.disconnects, pendingSlot{slot: int(slot), cands: gp.dcands[from:len(gp.dcands):len(gp.dcands)]})
+		default:
 			p.judgeSlot(gp, int(slot), cands)
 		}
 	}
@@ -690,7 +756,7 @@ func (p *planner) placeEveryDevice(gp *groupPlan) {
 		di := int32(i)
 		if !gp.taken[di] && p.placeReason(gp, di) == "" && p.distinctReason(gp, di) == "" && p.fitReason(gp, di) == "" {
 			if len(gp.spec.distinctProps) > 0 {
-				p.placeOn(gp, di, 0, int(di)) // what was placed decides about the next device
+				p.placeOn(gp, di, 0, int(di), "") // what was placed decides about the next device
 				continue
 			}
 			targets = append(targets, di)
@@ -699,7 +765,7 @@ func (p *planner) placeEveryDevice(gp *groupPlan) {
 	p.devBuf = targets
 	gp.grow(len(targets))
 	for _, di := range targets {
-		p.placeOn(gp, di, 0, int(di))
+		p.placeOn(gp, di, 0, int(di), "")
 	}
 	seen := newSurvey(len(p.devs))
 	unplaced := 0
@@ -759,7 +825,7 @@ func (p *planner) placeCount(gp *groupPlan) {
 			unplaced, seen = 1, p.survey(gp)
 			continue
 		}
-		p.placeOn(gp, di, idx, idx)
+		p.placeOn(gp, di, idx, idx, gp.targets[idx])
 		if r != nil {
 			r.placed(di)
 		}
@@ -791,9 +857,10 @@ func (p *planner) survey(gp *groupPlan) survey {
 	return s
 }
 
-// placeOn records a new allocation of a group on a device; the caller has
-// checked that it is feasible and fits.
-func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int) {
+// placeOn records a new allocation of a group on a device, replacing the
+// allocation named by replaces (or none); the caller has checked that it is
+// feasible and fits.
+func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces string) {
 	p.reserve(gp, di)
 	p.noteLive(gp, di)
 	gp.take(slot)
@@ -824,6 +891,7 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int) {
 		Type:       gp.typ,
 		Device:     p.devs[di].ID,
 		Tasks:      gp.tasks,
+		Replaces:   replaces,
 	})
 	gp.placedDev = append(gp.placedDev, di)
 }
@@ -881,7 +949,9 @@ func (s seg) at(k int) *Alloc {
 // device, then id, or nil when there are none. Devices are known by index,
 // so this is a counting sort by device followed by sorting each device's few
 // allocations by id; references are sorted, and each allocation is copied
-// once.
+// once. A single segment of the planner's own allocations that is already
+// in order (a system group's placements are made in device order) is
+// returned as it is.
 func (p *planner) byDevice(segs ...seg) []Alloc {
 	n := 0
 	for _, s := range segs {
@@ -889,6 +959,9 @@ func (p *planner) byDevice(segs ...seg) []Alloc {
 	}
 	if n == 0 {
 		return nil
+	}
+	if len(segs) == 1 && segs[0].idx == nil && inDeviceOrder(segs[0]) {
+		return slices.Clip(segs[0].allocs)
 	}
 	start := make([]int32, len(p.devs)+1)
 	for _, s := range segs {
@@ -928,6 +1001,16 @@ func (p *planner) byDevice(segs ...seg) []Alloc {
 		out[i] = *segs[r.seg].at(int(r.k))
 	}
 	return out
+}
+
+// inDeviceOrder reports whether a segment is sorted by device, then id.
+func inDeviceOrder(s seg) bool {
+	for k := 1; k < len(s.devs); k++ {
+		if d := s.devs[k] - s.devs[k-1]; d < 0 || d == 0 && s.at(k).ID <= s.at(k-1).ID {
+			return false
+		}
+	}
+	return true
 }
 
 // sortStops sorts stopped allocations by device, then id (their devices may

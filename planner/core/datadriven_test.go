@@ -1,14 +1,17 @@
 package core
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tether-edge/tether/protocol"
 )
@@ -33,19 +36,27 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //	                    mem (MB), disk (MB), drivers=podman,exec,
 //	                    label.KEY=VALUE, res=nvidia/gpu:2,usb/1d6b:0002:1 and
 //	                    the flags offline, never-seen, no-facts; a device
-//	                    given again is replaced. Defaults as dev().
+//	                    given again is replaced. Defaults as dev(). An
+//	                    offline device's OfflineSince is the world's clock
+//	                    when it went offline (kept while it stays offline);
+//	                    never-seen leaves it zero.
 //	remove-device ID    the device leaves the fleet.
+//	tick DURATION       advances the world's clock (it starts at t0).
 //	job [version=N]     the input is a job document (YAML), parsed and
 //	                    validated by protocol.ParseJob; prints its errors.
 //	                    Version defaults to the previous version + 1.
 //	stop-job ID         the operator deleted the job.
-//	report ALLOC STATE  the device of ALLOC (job.group.index@device, an
+//	report ALLOC STATE [started=DURATION]
+//	                    the device of ALLOC (job.group.index@device, an
 //	                    allocation of the last plan) reports it in STATE at
-//	                    its version.
-//	plan [by=ATTR]      computes a plan, prints its buckets and every
-//	                    group's status (and with by, how many allocations
-//	                    each value of a device attribute has), then makes
-//	                    its allocations the current ones.
+//	                    its version, with its task started DURATION from
+//	                    now (negative: in the past) if given.
+//	plan [by=ATTR]      computes a plan at the world's clock, prints its
+//	                    buckets (a replacement as ALLOC<ALLOC-IT-REPLACES),
+//	                    its lost and disconnected allocations, when to plan
+//	                    again, and every group's status (and with by, how
+//	                    many allocations each value of a device attribute
+//	                    has), then makes its allocations the current ones.
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
 	if err != nil || len(files) == 0 {
@@ -142,6 +153,15 @@ type world struct {
 	devices []Device
 	jobs    []Job
 	allocs  []Alloc
+	now     time.Time         // zero: t0
+	names   map[string]string // allocation id → short name, of every allocation seen
+}
+
+func (w *world) clock() time.Time {
+	if w.now.IsZero() {
+		return t0
+	}
+	return w.now
 }
 
 func (w *world) snapshot() Snapshot {
@@ -163,14 +183,30 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 			if err != nil {
 				return fail("%v", err)
 			}
+			if d.Presence == protocol.Offline {
+				d.OfflineSince = w.clock()
+			}
 			if i := slices.IndexFunc(w.devices, func(x Device) bool { return x.ID == d.ID }); i >= 0 {
 				d.Reported = w.devices[i].Reported
+				if old := w.devices[i]; d.Presence == protocol.Offline && old.Presence == protocol.Offline {
+					d.OfflineSince = old.OfflineSince
+				}
 				w.devices[i] = d
 			} else {
 				w.devices = append(w.devices, d)
 			}
 		}
 		return "ok"
+	case "tick":
+		if len(c.args) != 1 {
+			return fail("want: tick DURATION")
+		}
+		dur, err := time.ParseDuration(c.args[0])
+		if err != nil {
+			return fail("%v", err)
+		}
+		w.now = w.clock().Add(dur)
+		return fmt.Sprintf("ok: now t0+%s", w.now.Sub(t0))
 	case "remove-device":
 		w.devices = slices.DeleteFunc(w.devices, func(d Device) bool { return slices.Contains(c.args, d.ID) })
 		return "ok"
@@ -212,8 +248,8 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 		}
 		return "ok"
 	case "report":
-		if len(c.args) != 2 {
-			return fail("want: report ALLOC STATE")
+		if len(c.args) < 2 || len(c.args) > 3 {
+			return fail("want: report ALLOC STATE [started=DURATION]")
 		}
 		i := slices.IndexFunc(w.allocs, func(a Alloc) bool { return short(a) == c.args[0] })
 		if i < 0 {
@@ -228,7 +264,17 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 		if d.Reported == nil {
 			d.Reported = map[string]protocol.AllocStatus{}
 		}
-		d.Reported[a.ID] = protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocState(c.args[1])}
+		st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocState(c.args[1])}
+		if len(c.args) == 3 {
+			v, ok := strings.CutPrefix(c.args[2], "started=")
+			dur, err := time.ParseDuration(v)
+			if !ok || err != nil {
+				return fail("want started=DURATION, got %q", c.args[2])
+			}
+			at := w.clock().Add(dur)
+			st.Tasks = []protocol.TaskStatus{{Name: a.Tasks[0].Name, State: protocol.TaskRunning, StartedAt: &at}}
+		}
+		d.Reported[a.ID] = st
 		return "ok"
 	case "plan":
 		var by string
@@ -238,8 +284,14 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 			}
 		}
 		s := w.snapshot()
-		p := Compute(s, t0)
-		checkScenarioPlan(t, path, c, s, p)
+		p := Compute(s, w.clock())
+		checkScenarioPlan(t, path, c, s, p, w.clock())
+		if w.names == nil {
+			w.names = map[string]string{}
+		}
+		for _, a := range slices.Concat(s.Allocations, p.Allocations) {
+			w.names[a.ID] = short(a)
+		}
 		w.allocs = p.Allocations
 		return w.describe(p, by)
 	}
@@ -248,11 +300,14 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 
 // checkScenarioPlan asserts what every plan satisfies, so that a scenario
 // rewritten with -update cannot record a broken plan.
-func checkScenarioPlan(t *testing.T, path string, c scenarioCase, s Snapshot, p Plan) {
+func checkScenarioPlan(t *testing.T, path string, c scenarioCase, s Snapshot, p Plan, now time.Time) {
 	t.Helper()
-	again := Compute(feedBack(s, p), t0)
+	again := Compute(feedBack(s, p), now)
 	if o := outcomeOf(again); o.Place != "" || o.Update != "" || o.Stop != "" {
 		t.Errorf("%s:%d: feeding the plan back changed it: %+v", path, c.line, o)
+	}
+	if !reflect.DeepEqual(again.Allocations, p.Allocations) {
+		t.Errorf("%s:%d: feeding the plan back changed its allocations", path, c.line)
 	}
 	if err := invariantViolation(s, p); err != "" {
 		t.Errorf("%s:%d: %s", path, c.line, err)
@@ -264,13 +319,23 @@ func (w *world) describe(p Plan, by string) string {
 	for _, b := range []struct {
 		name   string
 		allocs []Alloc
-	}{{"place", p.Place}, {"update", p.Update}, {"stop", p.Stop}, {"keep", p.Keep}} {
+	}{{"place", p.Place}, {"update", p.Update}, {"stop", p.Stop}, {"keep", p.Keep}, {"lost", p.Lost}, {"disconnected", p.Disconnected}} {
 		if len(b.allocs) > 0 {
-			out = append(out, b.name+": "+shorts(b.allocs))
+			names := make([]string, len(b.allocs))
+			for i, a := range b.allocs {
+				names[i] = short(a)
+				if a.Replaces != "" {
+					names[i] += "<" + cmp.Or(w.names[a.Replaces], a.Replaces)
+				}
+			}
+			out = append(out, b.name+": "+strings.Join(names, " "))
 		}
 	}
 	if len(out) == 0 {
 		out = append(out, "no allocations")
+	}
+	if !p.NextEval.IsZero() {
+		out = append(out, fmt.Sprintf("next eval in %s", p.NextEval.Sub(p.Now)))
 	}
 	ids := make([]string, 0, len(p.Groups))
 	for id := range p.Groups {

@@ -10,7 +10,7 @@
 //
 // # Flow
 //
-// Compute runs three passes over the jobs in job-id order, groups in
+// Compute runs four passes over the jobs in job-id order, groups in
 // document order, so that existing allocations reserve their resources
 // before anything new is placed and bin packing stays stable:
 //
@@ -29,15 +29,22 @@
 //     update candidate. When several allocations claim one slot (an index,
 //     or a device for system and sysbatch groups) only one survives; see
 //     judgeSlot.
-//  2. Update. Each update candidate gets the job's version, type and tasks,
+//  2. Disconnect. The slots keepPass set aside because they hold a lost
+//     allocation of a group that replaces, or an allocation with a Replaces
+//     mark, are judged by judgeDisconnect (disconnect.go), after every other
+//     existing allocation reserved its demand: lost allocations stay frozen,
+//     and where a device came back, original and replacement are reconciled
+//     by the group's strategy. A slot left to its lost allocation is free.
+//  3. Update. Each update candidate gets the job's version, type and tasks,
 //     same id, same device, if the new demand fits there and the distinct
 //     constraints allow it (its old reservation was never taken); otherwise
 //     it is stopped and its slot becomes free again. A new version re-runs a
 //     complete batch or sysbatch allocation.
-//  3. Place. Every free slot is placed: indices [0,count) of service and
-//     batch groups on the best device (see ranker.go), and one allocation
-//     (index 0) of each system and sysbatch group on every feasible device
-//     that has none yet and room for it.
+//  4. Place. Every free slot is placed: indices [0,count) of service and
+//     batch groups on the best device (see ranker.go), a replacement naming
+//     the lost allocation it replaces, and one allocation (index 0) of each
+//     system and sysbatch group on every feasible device that has none yet
+//     and room for it.
 //
 // Placing one slot is feasibility, then resources, then ranking:
 //
@@ -79,17 +86,33 @@
 // a property test. Allocation ids are checked for uniqueness through a
 // sorted array of hashes. See bench_test.go for the numbers.
 //
+// # Disconnected and lost devices
+//
+// Time enters only through now and Device.OfflineSince, both by the
+// server's clock. An allocation on a device that is not online is
+// disconnected, then lost after its group's lost_after (protocol.Disconnect,
+// after Nomad 1.8's disconnect block). A lost allocation stays in its
+// device's desired state, so the device keeps running it (unless edged's
+// stop_after stops it first); for service and batch groups that replace, it
+// is frozen and no longer counted, and its index gets a replacement
+// elsewhere, marked with Alloc.Replaces. When the device comes back, the
+// group's reconcile strategy keeps one of the two. Plan.Lost and
+// Plan.Disconnected list them; Plan.NextEval says when the next allocation
+// becomes lost, so that the shell can plan again then without polling. See
+// Compute for the rules.
+//
 // # Buckets
 //
 // Plan.Keep, Plan.Update, Plan.Stop and Plan.Place partition the outcome the
 // way Nomad's reconciler does; Plan.Allocations is Keep + Update + Place.
 // Every slice is sorted by device, then id. Feeding Plan.Allocations back as
-// Snapshot.Allocations with unchanged jobs and devices yields a plan with
-// nothing to place, update or stop.
+// Snapshot.Allocations with unchanged jobs and devices, at the same now,
+// yields a plan with nothing to place, update or stop, and the same
+// allocations, Replaces marks included.
 //
 // # Limits of this version
 //
 // No rescheduling: failed allocations stay where they are, and allocations on
-// offline devices are never moved. No preemption. Disk and device resources
+// offline devices are only replaced once lost (never moved). No preemption. Disk and device resources
 // are reserved but not scored by bin packing (as in Nomad).
 package core

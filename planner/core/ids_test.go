@@ -2,6 +2,8 @@ package core
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"pgregory.net/rapid"
@@ -54,4 +56,44 @@ func TestIDSet(t *testing.T) {
 			t.Fatal("placed id not found")
 		}
 	})
+}
+
+// radixSort must agree with a comparison sort at every digit width.
+func TestRadixSort(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 255, 256, 1000, 1<<17 - 1, 1 << 17, 1<<19 - 1, 1 << 19, 600000} {
+		a := make([]hashedID, n)
+		for i := range a {
+			h := rng.Uint64()
+			if i%7 == 0 {
+				h &= 0xffff // many equal high digits
+			}
+			a[i] = hashedID{h: h, i: int32(i)}
+		}
+		want := slices.Clone(a)
+		slices.SortStableFunc(want, func(x, y hashedID) int {
+			switch {
+			case x.h < y.h:
+				return -1
+			case x.h > y.h:
+				return 1
+			}
+			return 0
+		})
+		radixSort(a)
+		if n >= 256 && !slices.Equal(a, want) { // radix sorting is stable too
+			t.Fatalf("n=%d: not sorted like a stable comparison sort", n)
+		}
+		if !slices.IsSortedFunc(a, func(x, y hashedID) int {
+			if x.h < y.h {
+				return -1
+			} else if x.h > y.h {
+				return 1
+			}
+			return 0
+		}) {
+			t.Fatalf("n=%d: not sorted", n)
+		}
+	}
 }

@@ -2,9 +2,11 @@ package core
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tether-edge/tether/protocol"
 	"pgregory.net/rapid"
@@ -57,6 +59,10 @@ func TestPropertyIdempotent(t *testing.T) {
 		if !reflect.DeepEqual(again.Allocations, p.Allocations) {
 			t.Fatalf("allocations changed:\n %s\n %s", shorts(p.Allocations), shorts(again.Allocations))
 		}
+		if !reflect.DeepEqual(again.Lost, p.Lost) || !reflect.DeepEqual(again.Disconnected, p.Disconnected) || !again.NextEval.Equal(p.NextEval) {
+			t.Fatalf("connectivity changed: lost %s → %s, disconnected %s → %s, next eval %s → %s",
+				shorts(p.Lost), shorts(again.Lost), shorts(p.Disconnected), shorts(again.Disconnected), p.NextEval, again.NextEval)
+		}
 		for id, gs := range p.Groups {
 			for i, g := range gs {
 				h := again.Groups[id][i]
@@ -66,6 +72,57 @@ func TestPropertyIdempotent(t *testing.T) {
 					t.Fatalf("status of %s changed: %+v → %+v", id, g, h)
 				}
 			}
+		}
+	})
+}
+
+// Once every device is back online, one plan leaves at most one allocation
+// per slot and no Replaces mark, and the next plan changes nothing.
+func TestPropertyOneSurvivorOnceOnline(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(t *rapid.T) {
+		s := genSnapshot(t)
+		p := Compute(s, t0)
+		back := feedBack(s, p)
+		back.Devices = slices.Clone(back.Devices)
+		stopped := map[string]bool{}
+		for _, a := range p.Stop {
+			stopped[a.ID] = true
+		}
+		for i := range back.Devices {
+			d := &back.Devices[i]
+			d.Presence, d.OfflineSince = protocol.Online, time.Time{}
+			// Devices report stopped allocations gone. (Ids are per slot
+			// and device, so the report of a stopped one would otherwise
+			// describe a new one placed in its slot on its device, which
+			// matters here because generated versions may go down.)
+			d.Reported = maps.Clone(d.Reported)
+			maps.DeleteFunc(d.Reported, func(id string, _ protocol.AllocStatus) bool { return stopped[id] })
+		}
+		q := Compute(back, t0)
+		if err := invariantViolation(back, q); err != "" {
+			t.Fatal(err)
+		}
+		slots := map[string]Alloc{}
+		for _, a := range q.Allocations {
+			if a.Replaces != "" {
+				t.Fatalf("%s still replaces %s", short(a), a.Replaces)
+			}
+			slot := fmt.Sprintf("%s.%s.%d", a.Job, a.Group, a.Index)
+			if a.Type.OnEveryDevice() {
+				slot += "@" + a.Device
+			}
+			if prev, dup := slots[slot]; dup {
+				t.Fatalf("%s and %s survive", short(prev), short(a))
+			}
+			slots[slot] = a
+		}
+		if len(q.Lost)+len(q.Disconnected) > 0 || !q.NextEval.IsZero() {
+			t.Fatalf("online fleet with lost %s, disconnected %s, next eval %s", shorts(q.Lost), shorts(q.Disconnected), q.NextEval)
+		}
+		again := Compute(feedBack(back, q), t0)
+		if o := outcomeOf(again); o.Place != "" || o.Update != "" || o.Stop != "" {
+			t.Fatalf("feeding the reconciled plan back changed it: %+v", o)
 		}
 	})
 }
@@ -214,8 +271,95 @@ func invariantViolation(s Snapshot, p Plan) string {
 		return "Allocations is not Keep + Update + Place"
 	}
 
-	// Never over-commit any resource; every allocation runs its job's
-	// current spec on a known device that may run it.
+	// Away allocations: lost ones of groups that replace, and those a
+	// replacement names, on devices that are not online. Every Replaces
+	// mark names an allocation of the same slot on another device. Away
+	// allocations keep the spec they had and are not counted.
+	groupOf := func(a Alloc) (protocol.Group, bool) {
+		j, ok := jobs[a.Job]
+		if !ok {
+			return protocol.Group{}, false
+		}
+		gi := slices.IndexFunc(j.Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group })
+		if gi < 0 {
+			return protocol.Group{}, false
+		}
+		return j.Job.Groups[gi], true
+	}
+	terminal := func(a Alloc) bool {
+		d := devices[a.Device]
+		st, ok := d.Reported[a.ID]
+		return ok && st.JobVersion == a.JobVersion && (st.State == protocol.AllocComplete || st.State == protocol.AllocFailed)
+	}
+	inPlan := map[string]Alloc{}
+	named := map[string]bool{}
+	for _, a := range p.Allocations {
+		if devices[a.Device] == nil {
+			return fmt.Sprintf("%s on unknown device", short(a))
+		}
+		inPlan[a.ID] = a
+	}
+	for _, a := range p.Allocations {
+		if a.Replaces == "" {
+			continue
+		}
+		o, ok := inPlan[a.Replaces]
+		if !ok || o.Job != a.Job || o.Group != a.Group || o.Index != a.Index || o.Device == a.Device {
+			return fmt.Sprintf("%s replaces %q, not another allocation of its slot in the plan", short(a), a.Replaces)
+		}
+		named[a.Replaces] = true
+	}
+	away := map[string]bool{}
+	var lost, disconnected []Alloc
+	var nextEval time.Time
+	for _, a := range p.Allocations {
+		d := devices[a.Device]
+		g, ok := groupOf(a)
+		if !ok || d.Presence == protocol.Online || terminal(a) {
+			continue
+		}
+		isLost := false
+		if !d.OfflineSince.IsZero() {
+			at := d.OfflineSince.Add(g.LostAfter())
+			if isLost = !p.Now.Before(at); !isLost && (nextEval.IsZero() || at.Before(nextEval)) {
+				nextEval = at
+			}
+		}
+		if isLost {
+			lost = append(lost, a)
+		} else {
+			disconnected = append(disconnected, a)
+		}
+		if isLost && g.ReplacesLost(jobs[a.Job].Job.Type) || named[a.ID] {
+			away[a.ID] = true
+		}
+	}
+	for _, a := range p.Allocations {
+		// An away allocation may name one that is back (a chain: it is
+		// judged against it when its own device returns); a counted one
+		// names an away one.
+		if a.Replaces != "" && !away[a.ID] && !away[a.Replaces] {
+			return fmt.Sprintf("%s and %s it replaces are both counted", short(a), short(inPlan[a.Replaces]))
+		}
+	}
+	if shorts(lost) != shorts(p.Lost) || shorts(disconnected) != shorts(p.Disconnected) || !nextEval.Equal(p.NextEval) {
+		return fmt.Sprintf("connectivity: lost %s, disconnected %s, next eval %s; want %s, %s, %s",
+			shorts(p.Lost), shorts(p.Disconnected), p.NextEval, shorts(lost), shorts(disconnected), nextEval)
+	}
+	byJob := map[string]int{}
+	for _, a := range lost {
+		byJob[a.Job]++
+	}
+	if len(byJob) == 0 {
+		byJob = nil
+	}
+	if !reflect.DeepEqual(byJob, p.LostByJob) {
+		return fmt.Sprintf("LostByJob %v, want %v", p.LostByJob, byJob)
+	}
+
+	// Never over-commit any resource (away allocations reserve their own
+	// tasks' demand); every other allocation runs its job's current spec on
+	// a known device that may run it.
 	type use struct {
 		res  resources
 		devs map[string]int
@@ -237,7 +381,7 @@ func invariantViolation(s Snapshot, p Plan) string {
 			return fmt.Sprintf("%s of an absent group", short(a))
 		}
 		g := j.Job.Groups[gi]
-		if a.JobVersion != j.Version || a.Type != j.Job.Type || !slices.EqualFunc(a.Tasks, g.Tasks, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) }) {
+		if !away[a.ID] && (a.JobVersion != j.Version || a.Type != j.Job.Type || !slices.EqualFunc(a.Tasks, g.Tasks, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) })) {
 			return fmt.Sprintf("%s does not run the current spec", short(a))
 		}
 		st, reported := d.Reported[a.ID]
@@ -256,14 +400,18 @@ func invariantViolation(s Snapshot, p Plan) string {
 					u.devs[r.Name] += max(r.Count, 1)
 				}
 			}
-			live[key] = append(live[key], a)
+			if !away[a.ID] {
+				live[key] = append(live[key], a)
+			}
 		}
 		if !(done && a.Type.RunsToCompletion()) {
 			if r := infeasible(keepChecks, d, compileGroup(&g)); r != "" {
 				return fmt.Sprintf("%s on a device that cannot run it: %s", short(a), r)
 			}
 		}
-		perGroup[key] = append(perGroup[key], a)
+		if !away[a.ID] {
+			perGroup[key] = append(perGroup[key], a)
+		}
 	}
 	for id, u := range used {
 		d := devices[id]
@@ -446,12 +594,23 @@ var (
 
 func genSnapshot(t *rapid.T) Snapshot {
 	s := Snapshot{Jobs: genJobs(t, "now"), Devices: genDevices(t, "now")}
-	if rapid.Bool().Draw(t, "existing from a previous plan") {
+	switch rapid.IntRange(0, 2).Draw(t, "existing allocations") {
+	case 0: // random
+		s.Allocations = genAllocs(t, s.Jobs)
+	case 1: // the plan of another world
 		prev := Snapshot{Jobs: genJobs(t, "before"), Devices: genDevices(t, "before")}
 		prev.Allocations = genAllocs(t, prev.Jobs)
 		s.Allocations = Compute(prev, t0).Allocations
-	} else {
+	default: // the plans of this world, devices coming and going between them
 		s.Allocations = genAllocs(t, s.Jobs)
+		for range rapid.IntRange(1, 3).Draw(t, "earlier plans") {
+			prev := s
+			prev.Devices = slices.Clone(s.Devices)
+			for i := range prev.Devices {
+				genPresence(t, &prev.Devices[i])
+			}
+			s.Allocations = Compute(prev, t0).Allocations
+		}
 	}
 	// Reports: the state of some allocations, at their version or another.
 	states := []protocol.AllocState{"", protocol.AllocPending, protocol.AllocRunning, protocol.AllocComplete, protocol.AllocFailed}
@@ -469,15 +628,36 @@ func genSnapshot(t *rapid.T) Snapshot {
 		if d.Reported == nil {
 			d.Reported = map[string]protocol.AllocStatus{}
 		}
-		d.Reported[a.ID] = protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: v, Group: a.Group, State: state}
+		st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: v, Group: a.Group, State: state}
+		for _, tk := range a.Tasks {
+			ts := protocol.TaskStatus{Name: tk.Name, State: protocol.TaskRunning}
+			if ago := rapid.SampledFrom([]time.Duration{-1, 0, time.Minute, time.Hour}).Draw(t, "started ago"); ago >= 0 {
+				at := t0.Add(-ago)
+				ts.StartedAt = &at
+			}
+			st.Tasks = append(st.Tasks, ts)
+		}
+		d.Reported[a.ID] = st
 	}
 	return s
+}
+
+// genPresence draws a device's presence and, offline, since when: often
+// long enough for the default lost_after, sometimes a leftover time on an
+// online device (which must be ignored).
+func genPresence(t *rapid.T, d *Device) {
+	d.Presence = rapid.SampledFrom([]protocol.PresenceStatus{protocol.Online, protocol.Online, protocol.Online, protocol.Offline, ""}).Draw(t, "presence")
+	d.OfflineSince = time.Time{}
+	if ago := rapid.SampledFrom([]time.Duration{-1, 30 * time.Second, 4 * time.Minute, 5 * time.Minute, time.Hour}).Draw(t, "offline for"); ago >= 0 {
+		d.OfflineSince = t0.Add(-ago)
+	}
 }
 
 func genDevices(t *rapid.T, label string) []Device {
 	var out []Device
 	for _, id := range deviceIDs[:rapid.IntRange(0, len(deviceIDs)-1).Draw(t, label+" devices")] {
-		d := Device{ID: id, Presence: rapid.SampledFrom([]protocol.PresenceStatus{protocol.Online, protocol.Online, protocol.Online, protocol.Offline, ""}).Draw(t, "presence")}
+		d := Device{ID: id}
+		genPresence(t, &d)
 		if rapid.IntRange(0, 9).Draw(t, "no facts") > 0 {
 			d.HasFacts = true
 			d.Facts = protocol.Facts{
@@ -542,6 +722,17 @@ func genJobs(t *rapid.T, label string) []Job {
 			for range rapid.IntRange(0, 2).Draw(t, "spreads") {
 				g.Spreads = append(g.Spreads, rapid.SampledFrom(spreadPool).Draw(t, "spread"))
 			}
+			if rapid.Bool().Draw(t, "disconnect policy") {
+				dp := &protocol.Disconnect{
+					LostAfter: protocol.Duration(rapid.SampledFrom([]time.Duration{0, time.Minute, 5 * time.Minute, time.Hour}).Draw(t, "lost after")),
+					Reconcile: rapid.SampledFrom([]string{"", protocol.ReconcileKeepOriginal, protocol.ReconcileKeepReplacement, protocol.ReconcileBestScore, protocol.ReconcileLongestRunning}).Draw(t, "reconcile"),
+				}
+				if r := rapid.IntRange(0, 2).Draw(t, "replace"); r > 0 {
+					replace := r == 1
+					dp.Replace = &replace
+				}
+				g.Disconnect = dp
+			}
 			j.Job.Groups = append(j.Job.Groups, g)
 		}
 		out = append(out, j)
@@ -592,6 +783,19 @@ func genAllocs(t *rapid.T, jobs []Job) []Alloc {
 			}
 		}
 		out = append(out, a)
+	}
+	// Replaces marks: mostly naming an allocation of the same slot,
+	// sometimes anything.
+	for i := range out {
+		if len(out) < 2 || rapid.IntRange(0, 3).Draw(t, "mark") > 0 {
+			continue
+		}
+		o := out[rapid.IntRange(0, len(out)-1).Draw(t, "marked")]
+		if rapid.IntRange(0, 3).Draw(t, "other slot") > 0 {
+			o.Job, o.Group, o.Index = out[i].Job, out[i].Group, out[i].Index
+			o.ID = AllocID(o.Job, o.Group, o.Index, o.Device)
+		}
+		out[i].Replaces = o.ID
 	}
 	return out
 }

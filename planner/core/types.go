@@ -39,6 +39,13 @@ type Device struct {
 	// tasks request them under ("nvidia/gpu", "usb/1d6b:0002"). A device
 	// lacking a resource a group requests is not feasible for it.
 	Resources map[string]int
+	// OfflineSince is when the planner learned that the device went
+	// offline, by the server's clock; zero when the device is online or the
+	// time is unknown. An allocation on a device that is not online is
+	// disconnected, and lost once the device has been offline for its
+	// group's lost_after (protocol.Group.LostAfter); with a zero
+	// OfflineSince it is never lost. Ignored while Presence is online.
+	OfflineSince time.Time
 }
 
 // Alloc is one instance of a group on a device.
@@ -51,6 +58,12 @@ type Alloc struct {
 	Type       protocol.JobType
 	Device     string
 	Tasks      []protocol.Task
+	// Replaces is the id of the lost allocation this one replaces: an
+	// allocation of the same job, group and index on another device, also
+	// in the plan. It is "" for every other allocation, and cleared once
+	// the allocation it names is gone (stopped when its device returned,
+	// say). See Compute.
+	Replaces string
 }
 
 // Plan is the result of Compute.
@@ -60,12 +73,28 @@ type Plan struct {
 	// from it.
 	Allocations []Alloc
 	// The buckets say how Allocations differs from Snapshot.Allocations.
-	Place  []Alloc // new allocations
-	Update []Alloc // same id and device, new job version (edged replaces changed tasks)
-	Stop   []Alloc // removed allocations (job stopped, count lowered, device no longer feasible)
+	Place []Alloc // new allocations
+	// Update: same id and device, with a new job version (edged replaces
+	// changed tasks) or only a cleared Replaces mark.
+	Update []Alloc
+	Stop   []Alloc // removed allocations (job stopped, count lowered, device no longer feasible, lost a reconcile)
 	Keep   []Alloc // unchanged
 	// Groups is the placement summary of every job that is not stopped, by
 	// job id, groups in document order.
 	Groups map[string][]protocol.GroupStatus
 	Now    time.Time
+
+	// Connectivity: the allocations of Allocations that are neither
+	// complete nor failed at their version and sit on a device that is not
+	// online, sorted by device, then id. Lost are those whose device has
+	// been offline for at least their group's lost_after (by
+	// Device.OfflineSince and Now), Disconnected the others. LostByJob
+	// counts Lost by job id (nil when Lost is empty).
+	Lost         []Alloc
+	Disconnected []Alloc
+	LostByJob    map[string]int
+	// NextEval is the earliest time after Now at which an allocation of the
+	// plan becomes lost, the time to compute again without any other
+	// event; zero when no allocation is on its way to being lost.
+	NextEval time.Time
 }
