@@ -223,6 +223,58 @@ groups:
 	}
 }
 
+// serviceJob runs a service job of count instances, one per device
+// (distinct_hosts), on devices labelled role=member, with a disconnect
+// policy; each workload records "VERSION:PID" at every start.
+func (f *cfleet) serviceJob(id string, count int, version, disconnect string) {
+	f.t.Helper()
+	file := filepath.Join(f.t.TempDir(), id+".yaml")
+	os.WriteFile(file, []byte(f.serviceJobDoc(id, count, version, disconnect)), 0o644)
+	if r := run(f.t, f.env, "tether", "job", "run", file, "--detach"); r.code != 0 {
+		f.t.Fatalf("job run: exit %d", r.code)
+	}
+}
+
+func (f *cfleet) serviceJobDoc(id string, count int, version, disconnect string) string {
+	return fmt.Sprintf(`id: %s
+groups:
+  - name: g
+    count: %d
+    disconnect: %s
+    constraints:
+      - {attribute: "${device.labels.member}", value: "yes"}
+      - {operator: distinct_hosts}
+    tasks:
+      - name: w
+        driver: exec
+        env: {V: "%s"}
+        config:
+          command: ["/bin/sh", "-c", "echo $V:$$ >> %s/$TETHER_DEVICE_ID.pids; exec sleep 600"]
+        resources: {cpu: 10, memory: 8}
+        restart: {attempts: 100, delay: 200ms, interval: 1h}
+`, id, count, disconnect, version, f.work)
+}
+
+// status returns a job's status.
+func (f *cfleet) status(job string) protocol.JobStatus {
+	f.t.Helper()
+	var st protocol.JobStatus
+	r := run(f.t, f.env, "tether", "job", "status", job, "-o", "json")
+	_ = json.Unmarshal([]byte(r.stdout), &st)
+	return st
+}
+
+// alive returns the workload processes alive on the devices, by version.
+func aliveByVersion(devs ...*cdevice) map[string]int {
+	out := map[string]int{}
+	for _, d := range devs {
+		for _, p := range d.runningPids() {
+			out[p[:strings.Index(p, ":")]]++
+		}
+	}
+	return out
+}
+
 // converged waits until the job runs at version on every listed device and
 // returns how long that took.
 func (f *cfleet) converged(job string, version uint64, devices ...string) time.Duration {
@@ -479,5 +531,90 @@ func TestConnectivity(t *testing.T) {
 		t.Logf("idle: %.1f MQTT bytes per keepalive period; at a 30 s keepalive %.0f bytes/day of MQTT payload (%d keepalives/day; with TCP/IP headers about %.0f KB/day)",
 			perPeriod, perDay, 24*3600/30, float64(24*3600/30)*(perPeriod+2*66)/1024)
 		d.oneAlive()
+	})
+
+	for _, replace := range []bool{true, false} {
+		t.Run(fmt.Sprintf("partition_during_update_replace_%v", replace), func(t *testing.T) {
+			f := newFleet(t)
+			var devs []*cdevice
+			for _, id := range []string{"m1", "m2", "m3", "m4"} {
+				d := f.addDevice(id, "--label", "member=yes")
+				devs = append(devs, d)
+				f.presence(id, protocol.Online)
+			}
+			policy := fmt.Sprintf(`{lost_after: 3s, replace: %v}`, replace)
+			f.serviceJob("web", 3, "1", policy)
+			eventually(t, 60*time.Second, "3 instances of v1", func() bool { return aliveByVersion(devs...)["1"] == 3 })
+			st := f.status("web")
+			// Partition one device that runs an instance, then roll out v2.
+			var victim *cdevice
+			for _, d := range devs {
+				for _, a := range st.Allocs {
+					if a.Device == d.id && victim == nil {
+						victim = d
+					}
+				}
+			}
+			victim.proxy.Cut()
+			f.presence(victim.id, protocol.Offline)
+			f.serviceJob("web", 3, "2", policy)
+			if replace {
+				eventually(t, 60*time.Second, "a replacement for the lost instance", func() bool {
+					s := f.status("web")
+					return s.Counts.Lost == 1 && s.Counts.Placed == 4
+				})
+			} else {
+				time.Sleep(4 * time.Second) // past lost_after: still no replacement
+				if s := f.status("web"); s.Counts.Placed != 3 || s.Counts.Lost != 1 {
+					t.Fatalf("with replace off: %+v", s.Counts)
+				}
+			}
+			// The partitioned device kept its workload running meanwhile.
+			if len(victim.runningPids()) != 1 {
+				t.Fatalf("the partitioned device's workload stopped: %v", victim.pids())
+			}
+			healed := time.Now()
+			victim.proxy.Heal()
+			eventually(t, 90*time.Second, "exactly 3 instances, all v2", func() bool {
+				a := aliveByVersion(devs...)
+				return a["2"] == 3 && a["1"] == 0
+			})
+			t.Logf("replace=%v: 3 instances of v2 and no duplicate %s after heal", replace, time.Since(healed).Round(time.Millisecond))
+			eventually(t, 30*time.Second, "the status to settle", func() bool {
+				s := f.status("web")
+				return s.Version == 2 && s.Counts.Running == 3 && s.Counts.Placed == 3
+			})
+			for _, d := range devs {
+				f.checkEvents(d.id)
+			}
+		})
+	}
+
+	t.Run("planner_killed_mid_update", func(t *testing.T) {
+		f := newFleet(t)
+		var devs []*cdevice
+		for _, id := range []string{"k1", "k2", "k3"} {
+			devs = append(devs, f.addDevice(id, "--label", "member=yes"))
+			f.presence(id, protocol.Online)
+		}
+		f.serviceJob("api", 3, "1", "{}")
+		eventually(t, 60*time.Second, "3 instances of v1", func() bool { return aliveByVersion(devs...)["1"] == 3 })
+		// Submit v2 and kill the server the moment the planner accepted it,
+		// while it publishes the devices' new desired state.
+		f.serviceJob("api", 3, "2", "{}")
+		f.server.kill()
+		f.startServer()
+		begin := time.Now()
+		eventually(t, 90*time.Second, "3 instances of v2 after the restart", func() bool {
+			a := aliveByVersion(devs...)
+			return a["2"] == 3 && a["1"] == 0
+		})
+		t.Logf("every device on v2, none twice, %s after the server came back", time.Since(begin).Round(time.Millisecond))
+		for _, d := range devs {
+			if n := len(d.pids()); n != 2 {
+				t.Errorf("%s started %d times (%v), want 2: v1 and v2", d.id, n, d.pids())
+			}
+			f.checkEvents(d.id)
+		}
 	})
 }
