@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/tether-edge/tether/internal/podmantest"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -616,5 +618,63 @@ func TestConnectivity(t *testing.T) {
 			}
 			f.checkEvents(d.id)
 		}
+	})
+
+	t.Run("reboot_while_offline_podman", func(t *testing.T) {
+		// The same power cut for a device that runs a real Podman container.
+		socket, image := podmanTest(t)
+		f := newFleet(t)
+		device := podmantest.NewDevice(t)
+		p, err := faultproxy.New(f.mqtt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { p.Close() })
+		d := &cdevice{f: f, id: device, proxy: p, dir: t.TempDir()}
+		d.args = []string{"run", "--device-id", device, "--broker", "mqtt://" + p.Addr(), "--data-dir", d.dir,
+			"--keepalive", "2s", "--podman-socket", socket, "--label", "role=" + device}
+		d.start()
+		f.presence(device, protocol.Online)
+		file := filepath.Join(t.TempDir(), "box.yaml")
+		os.WriteFile(file, []byte(fmt.Sprintf(`id: box
+type: system
+groups:
+  - name: g
+    constraints:
+      - {attribute: "${device.labels.role}", value: %s}
+    tasks:
+      - name: c
+        driver: podman
+        config: {image: %s, command: ["sleep", "600"]}
+        resources: {cpu: 10, memory: 16}
+        restart: {attempts: 100, delay: 200ms, interval: 1h}
+`, device, image)), 0o644)
+		if r := run(t, f.env, "tether", "job", "run", file, "--timeout", "2m"); r.code != 0 {
+			t.Fatalf("job run: exit %d", r.code)
+		}
+		first := runningContainers(t, device)
+		if len(first) != 1 {
+			t.Fatalf("want 1 container, got %+v", containers(t, device))
+		}
+		mark := f.reportMark(device)
+		// Power cut: the link, edged and the container go; edged boots with
+		// no broker in reach.
+		d.proxy.Cut()
+		d.proc.kill()
+		if out, err := exec.Command("podman", "rm", "--force", "--time", "0", first[0].ID).CombinedOutput(); err != nil {
+			t.Fatalf("podman rm: %v\n%s", err, out)
+		}
+		d.start()
+		eventually(t, 60*time.Second, "the container to come back without the server", func() bool {
+			r := runningContainers(t, device)
+			return len(r) == 1 && r[0].ID != first[0].ID
+		})
+		d.proxy.Heal()
+		took := f.freshReport(device, mark, 1)
+		t.Logf("podman: container back offline; fresh report %s after heal", took.Round(time.Millisecond))
+		if r := runningContainers(t, device); len(r) != 1 {
+			t.Fatalf("%d containers running after heal, want 1", len(r))
+		}
+		f.checkEvents(device)
 	})
 }
