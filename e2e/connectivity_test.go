@@ -378,13 +378,21 @@ func killPid(t *testing.T, entry string) {
 	eventually(t, 10*time.Second, "the killed process to die", func() bool { return !alive(entry) })
 }
 
+// fleetWithWorkload starts a fleet with one device running one system job
+// at version 1.
+func fleetWithWorkload(t *testing.T, device, job string) (*cfleet, *cdevice) {
+	t.Helper()
+	f := newFleet(t)
+	d := f.addDevice(device)
+	f.presence(device, protocol.Online)
+	f.job(job, device, "1")
+	f.converged(job, 1, device)
+	return f, d
+}
+
 func TestConnectivity(t *testing.T) {
 	t.Run("reboot_while_offline", func(t *testing.T) {
-		f := newFleet(t)
-		d := f.addDevice("d2")
-		f.presence("d2", protocol.Online)
-		f.job("j2", "d2", "1")
-		f.converged("j2", 1, "d2")
+		f, d := fleetWithWorkload(t, "d2", "j2")
 		d.oneAlive()
 
 		// The link goes; then the device loses power: edged and its
@@ -410,11 +418,7 @@ func TestConnectivity(t *testing.T) {
 	})
 
 	t.Run("server_restart_with_queued_update", func(t *testing.T) {
-		f := newFleet(t)
-		d := f.addDevice("d3")
-		f.presence("d3", protocol.Online)
-		f.job("j3", "d3", "1")
-		f.converged("j3", 1, "d3")
+		f, d := fleetWithWorkload(t, "d3", "j3")
 
 		// Offline while the job changes: the new desired document waits
 		// in the device's session (QoS 1) and as the retained message.
@@ -438,11 +442,7 @@ func TestConnectivity(t *testing.T) {
 	})
 
 	t.Run("flapping_link", func(t *testing.T) {
-		f := newFleet(t)
-		d := f.addDevice("d5")
-		f.presence("d5", protocol.Online)
-		f.job("j5", "d5", "1")
-		f.converged("j5", 1, "d5")
+		f, d := fleetWithWorkload(t, "d5", "j5")
 		before := d.pids()
 		mark := f.reportMark("d5")
 
@@ -467,11 +467,7 @@ func TestConnectivity(t *testing.T) {
 	})
 
 	t.Run("half_open_link", func(t *testing.T) {
-		f := newFleet(t)
-		d := f.addDevice("d6")
-		f.presence("d6", protocol.Online)
-		f.job("j6", "d6", "1")
-		f.converged("j6", 1, "d6")
+		f, d := fleetWithWorkload(t, "d6", "j6")
 		nBefore := f.checkEvents("d6")
 		mark := f.reportMark("d6")
 
@@ -515,11 +511,7 @@ func TestConnectivity(t *testing.T) {
 	t.Run("idle_cost", func(t *testing.T) {
 		// What an idle device costs on the wire: keepalives only, since
 		// reports are sent on change. Measured over 10 keepalive periods.
-		f := newFleet(t)
-		d := f.addDevice("d8")
-		f.presence("d8", protocol.Online)
-		f.job("j8", "d8", "1")
-		f.converged("j8", 1, "d8")
+		_, d := fleetWithWorkload(t, "d8", "j8")
 		time.Sleep(3 * time.Second) // let the start-up traffic settle
 		up0, down0, _ := d.proxy.Stats()
 		const periods = 10
