@@ -281,7 +281,7 @@ func (p *Planner) reconcile(ctx context.Context) time.Time {
 
 func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	now := p.cfg.Now()
-	snap, heads, err := p.snapshot()
+	snap, heads, records, err := p.snapshot()
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -301,10 +301,10 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 		}
 	}
 	var errs []error
-	if err := p.publishDesired(ctx, snap, plan, now); err != nil {
+	if err := p.publishDesired(ctx, snap, records, plan, now); err != nil {
 		errs = append(errs, err)
 	}
-	statuses, err := p.publishStatus(ctx, heads, plan, now)
+	statuses, err := p.publishStatus(ctx, snap, heads, plan, now)
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -314,11 +314,13 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	return plan.NextEval, errors.Join(errs...)
 }
 
-func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
+// snapshot reads everything a pass needs from the store, once: the core's
+// input, the job heads, and the device records as stored.
+func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceRecord, error) {
 	var snap core.Snapshot
 	heads, err := p.cfg.Store.Jobs()
 	if err != nil {
-		return snap, nil, err
+		return snap, nil, nil, err
 	}
 	for _, h := range heads {
 		if h.Latest == 0 {
@@ -326,13 +328,13 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
 		}
 		rec, err := p.cfg.Store.JobVersion(h.ID, h.Latest)
 		if err != nil {
-			return snap, nil, err
+			return snap, nil, nil, err
 		}
 		snap.Jobs = append(snap.Jobs, core.Job{Job: rec.Job, Version: rec.Version, Stopped: h.Stopped})
 	}
 	devs, err := p.cfg.Store.Devices()
 	if err != nil {
-		return snap, nil, err
+		return snap, nil, nil, err
 	}
 	for _, d := range devs {
 		cd := core.Device{ID: d.ID, Reported: map[string]protocol.AllocStatus{}}
@@ -368,12 +370,12 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, error) {
 	}
 	allocs, err := p.cfg.Store.Allocations()
 	if err != nil {
-		return snap, nil, err
+		return snap, nil, nil, err
 	}
 	for _, a := range allocs {
 		snap.Allocations = append(snap.Allocations, fromStore(a))
 	}
-	return snap, heads, nil
+	return snap, heads, devs, nil
 }
 
 // shiftStarts returns a copy of a with its task start times moved by d.
@@ -411,7 +413,7 @@ func fromStore(a store.Allocation) core.Alloc {
 
 // publishDesired publishes the desired document of every device whose
 // allocations changed, and retries documents the broker did not acknowledge.
-func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan core.Plan, now time.Time) error {
+func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, records []store.DeviceRecord, plan core.Plan, now time.Time) error {
 	stopAfter := map[[2]string]time.Duration{} // (job, group) → disconnect.stop_after
 	for _, j := range snap.Jobs {
 		for _, g := range j.Job.Groups {
@@ -434,10 +436,6 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan c
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	records, err := p.cfg.Store.Devices()
-	if err != nil {
-		return err
-	}
 	current := map[string]store.DeviceRecord{}
 	for _, r := range records {
 		current[r.ID] = r
@@ -502,21 +500,14 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, plan c
 
 // publishStatus publishes the status of every job whose status changed, and
 // returns every job's status.
-func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan core.Plan, now time.Time) ([]protocol.JobStatus, error) {
-	devs, err := p.cfg.Store.Devices()
-	if err != nil {
-		return nil, err
-	}
+func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads []store.JobHead, plan core.Plan, now time.Time) ([]protocol.JobStatus, error) {
 	reported := map[string]map[string]protocol.AllocStatus{}
-	for _, d := range devs {
-		if d.Reported == nil {
-			continue
-		}
-		m := map[string]protocol.AllocStatus{}
-		for _, a := range d.Reported.Allocations {
-			m[a.ID] = a
-		}
-		reported[d.ID] = m
+	for _, d := range snap.Devices {
+		reported[d.ID] = d.Reported
+	}
+	types := map[string]protocol.JobType{}
+	for _, j := range snap.Jobs {
+		types[j.Job.ID] = j.Job.Type
 	}
 	byJob := map[string][]core.Alloc{}
 	for _, a := range plan.Allocations {
@@ -533,11 +524,7 @@ func (p *Planner) publishStatus(ctx context.Context, heads []store.JobHead, plan
 	var all []protocol.JobStatus
 	for _, h := range heads {
 		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported, conn)
-		if h.Latest > 0 {
-			if rec, err := p.cfg.Store.JobVersion(h.ID, h.Latest); err == nil {
-				st.Type = rec.Job.Type
-			}
-		}
+		st.Type = types[h.ID]
 		all = append(all, st)
 		raw, _ := json.Marshal(st)
 		hash := protocol.Digest(raw)
