@@ -64,14 +64,12 @@ type Agent struct {
 	inbox   [][]byte // desired payloads not yet processed
 	client  *bus.Client
 	slots   slots
-	sent    map[uint64]sentMark // outbox entries sent, by outbox seq (publisher)
 	outKick chan struct{}
 	lastRep []byte // last report content (without time and seq) queued
 	epoch   string // of the local database's report and event stream
 
-	// connEpoch counts connections; a publish is acknowledged only if it
-	// completed on the connection it was sent on (paho #563: a token left
-	// from an earlier connection can complete without a PUBACK).
+	// connEpoch changes with every connect and connection loss: an outbox
+	// entry sent on an earlier connection and not yet echoed is sent again.
 	connEpoch atomic.Uint64
 	// offlineSince is when edged last lost (or, at start, had not yet got)
 	// its broker connection, in Unix nanoseconds; 0 while connected.
@@ -346,10 +344,12 @@ func (a *Agent) connect(ctx context.Context) {
 	}
 }
 
-// publishLoop sends the outbox whenever the link is up.
+// publishLoop sends the outbox whenever the link is up. It alone owns
+// sent: the outbox entries in flight, by outbox sequence.
 func (a *Agent) publishLoop(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	sent := map[uint64]sentMark{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -357,7 +357,7 @@ func (a *Agent) publishLoop(ctx context.Context) {
 		case <-a.outKick:
 		case <-retry.C:
 		}
-		if err := a.flush(ctx); err != nil {
+		if err := a.flush(ctx, sent); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -372,7 +372,7 @@ func (a *Agent) publishLoop(ctx context.Context) {
 	}
 }
 
-func (a *Agent) flush(ctx context.Context) error {
+func (a *Agent) flush(ctx context.Context, sent map[uint64]sentMark) error {
 	a.mu.Lock()
 	c := a.client
 	a.mu.Unlock()
@@ -418,23 +418,19 @@ func (a *Agent) flush(ctx context.Context) error {
 		return err
 	}
 	now := time.Now()
-	a.mu.Lock()
-	if a.sent == nil {
-		a.sent = map[uint64]sentMark{}
-	}
-	keep := map[uint64]sentMark{}
+	// Forget what was acknowledged meanwhile: it is no longer pending.
+	inOutbox := map[uint64]bool{}
 	for _, e := range entries {
-		if m, ok := a.sent[e.Seq]; ok {
-			keep[e.Seq] = m
+		inOutbox[e.Seq] = true
+	}
+	for seq := range sent {
+		if !inOutbox[seq] {
+			delete(sent, seq)
 		}
 	}
-	a.sent = keep // forget what was acknowledged meanwhile
-	a.mu.Unlock()
 	var overdue time.Time
 	for _, e := range entries {
-		a.mu.Lock()
-		m, ok := a.sent[e.Seq]
-		a.mu.Unlock()
+		m, ok := sent[e.Seq]
 		if ok && m.gen == gen && now.Sub(m.at) < echoTimeout {
 			overdue = earliest(overdue, m.at.Add(echoTimeout))
 			continue
@@ -445,9 +441,7 @@ func (a *Agent) flush(ctx context.Context) error {
 		if err := publish(e.Topic, e.Payload, e.Retain); err != nil {
 			return err
 		}
-		a.mu.Lock()
-		a.sent[e.Seq] = sentMark{gen: gen, at: time.Now()}
-		a.mu.Unlock()
+		sent[e.Seq] = sentMark{gen: gen, at: time.Now()}
 		overdue = earliest(overdue, time.Now().Add(echoTimeout))
 	}
 	if !overdue.IsZero() {
