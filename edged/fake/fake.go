@@ -176,19 +176,7 @@ func (d *Driver) Stop(ctx context.Context, id string, _ time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	rt := d.rt
-	rt.mu.Lock()
-	in := rt.lookup(id)
-	if in == nil {
-		rt.mu.Unlock()
-		return fmt.Errorf("stop %s: %w", id, driver.ErrNotFound)
-	}
-	changed := rt.exitLocked(in, ExitCodeStopped)
-	rt.mu.Unlock()
-	if changed {
-		rt.notify()
-	}
-	return nil
+	return d.rt.exitByName("stop", id, ExitCodeStopped)
 }
 
 // Remove deletes an instance, running or not.
@@ -234,14 +222,19 @@ func (d *Driver) Watch(ctx context.Context) (<-chan struct{}, error) {
 // Kill makes an instance exit with exitCode, as a crash would. It accepts
 // an id or a name and returns driver.ErrNotFound for neither.
 func (d *Driver) Kill(name string, exitCode int) error {
-	rt := d.rt
+	return d.rt.exitByName("kill", name, exitCode)
+}
+
+// exitByName makes the instance with this id or name exit with code, for
+// Stop and Kill (op names the call in the error).
+func (rt *Runtime) exitByName(op, idOrName string, code int) error {
 	rt.mu.Lock()
-	in := rt.lookup(name)
+	in := rt.lookup(idOrName)
 	if in == nil {
 		rt.mu.Unlock()
-		return fmt.Errorf("kill %s: %w", name, driver.ErrNotFound)
+		return fmt.Errorf("%s %s: %w", op, idOrName, driver.ErrNotFound)
 	}
-	changed := rt.exitLocked(in, exitCode)
+	changed := rt.exitLocked(in, code)
 	rt.mu.Unlock()
 	if changed {
 		rt.notify()
