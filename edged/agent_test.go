@@ -28,6 +28,20 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// seedDesired stores d in a new edged.db in dir, as an earlier run of
+// edged would have left it.
+func seedDesired(t *testing.T, dir string, d protocol.Desired) {
+	t.Helper()
+	st, err := openState(filepath.Join(dir, "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	if err := st.putDesired(d); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type runningAgent struct {
 	a      *Agent
 	cancel context.CancelFunc
@@ -89,16 +103,8 @@ func runningOf(t *testing.T, d driver.Driver, device string) []driver.Instance {
 // restart adopts the running workload without restarting it.
 func offlineBootScenario(t *testing.T, sc scenario) {
 	dir := t.TempDir()
-	st, err := openState(filepath.Join(dir, "edged.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	alloc := "j.g.0-" + sc.device
-	desired := protocol.Desired{Device: sc.device, Generation: 7, Allocations: []protocol.Allocation{{ID: alloc, Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{sc.task}}}}
-	if err := st.putDesired(desired); err != nil {
-		t.Fatal(err)
-	}
-	st.close()
+	seedDesired(t, dir, protocol.Desired{Device: sc.device, Generation: 7, Allocations: []protocol.Allocation{{ID: alloc, Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{sc.task}}}})
 
 	drv := sc.open()
 	cfg := Config{
@@ -134,8 +140,7 @@ func offlineBootScenario(t *testing.T, sc scenario) {
 	}
 
 	// The desired state goes away: edged removes the workload.
-	st = ra.a.state
-	if err := st.putDesired(protocol.Desired{Device: sc.device, Generation: 8}); err != nil {
+	if err := ra.a.state.putDesired(protocol.Desired{Device: sc.device, Generation: 8}); err != nil {
 		t.Fatal(err)
 	}
 	ra.a.wake()
@@ -144,7 +149,10 @@ func offlineBootScenario(t *testing.T, sc scenario) {
 		return err == nil && len(all) == 0
 	})
 	ra.stop()
-	st, _ = openState(filepath.Join(dir, "edged.db"))
+	st, err := openState(filepath.Join(dir, "edged.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer st.close()
 	recs, _ := st.tasks()
 	if len(recs) != 0 {
@@ -186,12 +194,7 @@ func TestExecCrashLoopFails(t *testing.T) {
 	}
 	task := protocol.Task{Name: "crash", Driver: "exec", Config: protocol.TaskConfig{Command: []string{"/bin/sh", "-c", "echo run >> " + marker + "; exit 3"}},
 		Restart: &protocol.RestartPolicy{Attempts: 2, Delay: protocol.Duration(50 * time.Millisecond), Interval: protocol.Duration(time.Hour), Mode: protocol.RestartFail}}
-	st, err := openState(filepath.Join(dir, "edged.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	st.putDesired(protocol.Desired{Device: "dx", Generation: 1, Allocations: []protocol.Allocation{{ID: "c.g.0-abcdef", Job: "c", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
-	st.close()
+	seedDesired(t, dir, protocol.Desired{Device: "dx", Generation: 1, Allocations: []protocol.Allocation{{ID: "c.g.0-abcdef", Job: "c", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
 	ra := startAgent(t, Config{DeviceID: "dx", Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{ex}, Resync: 50 * time.Millisecond, Log: zerolog.New(zerolog.NewTestWriter(t))})
 	eventually(t, "the task to be failed", func() bool {
 		recs, _ := ra.a.state.tasks()

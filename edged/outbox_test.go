@@ -27,15 +27,10 @@ func TestOutboxSurvivesRestartAndDeliversInOrder(t *testing.T) {
 	addr := laterPort(t)
 
 	dir := t.TempDir()
-	st, err := openState(filepath.Join(dir, "edged.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A task that keeps crashing: every crash makes events.
 	task := protocol.Task{Name: "flaky", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sh", "-c", "sleep 0.05; exit 1"}},
 		Restart: &protocol.RestartPolicy{Attempts: 1000, Delay: protocol.Duration(10 * time.Millisecond), Interval: protocol.Duration(time.Hour), Mode: protocol.RestartFail}}
-	st.putDesired(protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-abcdef", Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
-	st.close()
+	seedDesired(t, dir, protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-abcdef", Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
 
 	rt := fake.New(fake.Options{})
 	cfg := Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, Log: log}
@@ -160,16 +155,11 @@ func TestStopAfterDisconnect(t *testing.T) {
 	log := zerolog.New(zerolog.NewTestWriter(t))
 	addr := laterPort(t)
 	dir := t.TempDir()
-	st, err := openState(filepath.Join(dir, "edged.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	task := protocol.Task{Name: "app", Driver: "podman", Config: protocol.TaskConfig{Image: "img", Command: []string{"sleep", "infinity"}}}
-	st.putDesired(protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{
+	seedDesired(t, dir, protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{
 		{ID: "polite.g.0-abcdef", Job: "polite", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}, StopAfterDisconnect: protocol.Duration(500 * time.Millisecond)},
 		{ID: "stubborn.g.0-abcdef", Job: "stubborn", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}},
 	}})
-	st.close()
 	rt := fake.New(fake.Options{})
 	runningJobs := func() map[string]bool {
 		out := map[string]bool{}
