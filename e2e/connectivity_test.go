@@ -202,14 +202,19 @@ func (d *cdevice) runningPids() []string {
 // "VERSION:PID" at every start.
 func (f *cfleet) job(id, device, version string) {
 	f.t.Helper()
-	file := filepath.Join(f.t.TempDir(), id+".yaml")
-	doc := fmt.Sprintf(`id: %s
+	f.runDoc(id, fmt.Sprintf(`id: %s
 type: system
 groups:
   - name: g
     constraints:
       - {attribute: "${device.labels.role}", value: %s}
-    tasks:
+`, id, device)+f.workloadTask(version))
+}
+
+// workloadTask is the tasks block of the test jobs: a plain process that
+// records "VERSION:PID" in WORK/DEVICE.pids at every start, then sleeps.
+func (f *cfleet) workloadTask(version string) string {
+	return fmt.Sprintf(`    tasks:
       - name: w
         driver: exec
         env: {V: "%s"}
@@ -217,10 +222,18 @@ groups:
           command: ["/bin/sh", "-c", "echo $V:$$ >> %s/$TETHER_DEVICE_ID.pids; exec sleep 600"]
         resources: {cpu: 10, memory: 8}
         restart: {attempts: 100, delay: 200ms, interval: 1h}
-`, id, device, version, f.work)
-	os.WriteFile(file, []byte(doc), 0o644)
-	r := run(f.t, f.env, "tether", "job", "run", file, "--detach")
-	if r.code != 0 {
+`, version, f.work)
+}
+
+// runDoc submits a job document with `tether job run --detach`, which
+// returns once the planner accepted it.
+func (f *cfleet) runDoc(id, doc string) {
+	f.t.Helper()
+	file := filepath.Join(f.t.TempDir(), id+".yaml")
+	if err := os.WriteFile(file, []byte(doc), 0o644); err != nil {
+		f.t.Fatal(err)
+	}
+	if r := run(f.t, f.env, "tether", "job", "run", file, "--detach"); r.code != 0 {
 		f.t.Fatalf("job run: exit %d", r.code)
 	}
 }
@@ -230,15 +243,7 @@ groups:
 // policy; each workload records "VERSION:PID" at every start.
 func (f *cfleet) serviceJob(id string, count int, version, disconnect string) {
 	f.t.Helper()
-	file := filepath.Join(f.t.TempDir(), id+".yaml")
-	os.WriteFile(file, []byte(f.serviceJobDoc(id, count, version, disconnect)), 0o644)
-	if r := run(f.t, f.env, "tether", "job", "run", file, "--detach"); r.code != 0 {
-		f.t.Fatalf("job run: exit %d", r.code)
-	}
-}
-
-func (f *cfleet) serviceJobDoc(id string, count int, version, disconnect string) string {
-	return fmt.Sprintf(`id: %s
+	f.runDoc(id, fmt.Sprintf(`id: %s
 groups:
   - name: g
     count: %d
@@ -246,15 +251,7 @@ groups:
     constraints:
       - {attribute: "${device.labels.member}", value: "yes"}
       - {operator: distinct_hosts}
-    tasks:
-      - name: w
-        driver: exec
-        env: {V: "%s"}
-        config:
-          command: ["/bin/sh", "-c", "echo $V:$$ >> %s/$TETHER_DEVICE_ID.pids; exec sleep 600"]
-        resources: {cpu: 10, memory: 8}
-        restart: {attempts: 100, delay: 200ms, interval: 1h}
-`, id, count, disconnect, version, f.work)
+`, id, count, disconnect)+f.workloadTask(version))
 }
 
 // status returns a job's status.
