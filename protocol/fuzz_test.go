@@ -67,6 +67,11 @@ func FuzzDecodeEvent(f *testing.F)        { fuzzDecoder(f, DecodeEvent) }
 func FuzzDecodeJobStatus(f *testing.F)    { fuzzDecoder(f, DecodeJobStatus) }
 func FuzzDecodeFleetSummary(f *testing.F) { fuzzDecoder(f, DecodeFleetSummary) }
 
+func FuzzDecodePromote(f *testing.F)    { fuzzDecoder(f, DecodePromote) }
+func FuzzDecodeScheduling(f *testing.F) { fuzzDecoder(f, DecodeScheduling) }
+func FuzzDecodeJobHistory(f *testing.F) { fuzzDecoder(f, DecodeJobHistory) }
+func FuzzDecodePlanResult(f *testing.F) { fuzzDecoder(f, DecodePlanResult) }
+
 func FuzzParseTopic(f *testing.F) {
 	var tp Topics
 	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), "tether/v1/devices/+/x", "#", ""} {

@@ -97,7 +97,10 @@ type Group struct {
 	// Disconnect says what happens to the group's allocations when their
 	// device goes offline; nil means the defaults (see Disconnect).
 	Disconnect *Disconnect `json:"disconnect,omitempty"`
-	Tasks      []Task      `json:"tasks"`
+	// Update says how new versions roll out to the group's allocations;
+	// nil means all at once (see Update).
+	Update *Update `json:"update,omitempty"`
+	Tasks  []Task  `json:"tasks"`
 }
 
 // Instances is the number of instances the group asks for (service and batch).
@@ -566,6 +569,9 @@ func (j Job) Validate() error {
 		}
 		if d := g.Disconnect; d != nil {
 			errs = append(errs, validateDisconnect(gp+".disconnect", *d, j.Type)...)
+		}
+		if u := g.Update; u != nil {
+			errs = append(errs, validateUpdate(gp+".update", *u, j.Type, g)...)
 		}
 		if len(g.Tasks) == 0 {
 			add(gp+".tasks", "want at least one task")

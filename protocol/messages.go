@@ -30,6 +30,10 @@ type Allocation struct {
 	// workloads once it has been without the broker that long, and start
 	// them again when it is back (the group's disconnect.stop_after).
 	StopAfterDisconnect Duration `json:"stop_after_disconnect,omitempty"`
+	// Health, when set, asks edged to judge the allocation's health and
+	// report it (AllocStatus.Health): the group rolls out with an update
+	// block.
+	Health *HealthPolicy `json:"health,omitempty"`
 }
 
 // AllocState is the state of an allocation as edged reports it.
@@ -80,12 +84,15 @@ type Reported struct {
 
 // AllocStatus is the observed state of one allocation.
 type AllocStatus struct {
-	ID         string       `json:"id"`
-	Job        string       `json:"job"`
-	JobVersion uint64       `json:"job_version"`
-	Group      string       `json:"group"`
-	State      AllocState   `json:"state"`
-	Tasks      []TaskStatus `json:"tasks"`
+	ID         string     `json:"id"`
+	Job        string     `json:"job"`
+	JobVersion uint64     `json:"job_version"`
+	Group      string     `json:"group"`
+	State      AllocState `json:"state"`
+	// Health is edged's verdict under the allocation's HealthPolicy, for
+	// this JobVersion; "" while undecided or without a policy.
+	Health Health       `json:"health,omitempty"`
+	Tasks  []TaskStatus `json:"tasks"`
 }
 
 // TaskStatus is the observed state of one task.
@@ -217,7 +224,10 @@ type JobStatus struct {
 	Groups     []GroupStatus   `json:"groups,omitempty"`
 	Allocs     []AllocSummary  `json:"allocations,omitempty"`
 	Counts     PlacementCounts `json:"counts"`
-	UpdatedAt  time.Time       `json:"updated_at"`
+	// Rollout is the progress of Version through the fleet when a group
+	// has an update block; nil otherwise.
+	Rollout   *Rollout  `json:"rollout,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // GroupStatus is the placement summary of one group.
@@ -249,6 +259,7 @@ type AllocSummary struct {
 	Device  string     `json:"device"`
 	Version uint64     `json:"version"`
 	State   AllocState `json:"state"`
+	Health  Health     `json:"health,omitempty"`
 	Message string     `json:"message,omitempty"`
 }
 
@@ -371,6 +382,11 @@ func DecodeReported(data []byte) (Reported, error) {
 		case AllocPending, AllocRunning, AllocComplete, AllocFailed:
 		default:
 			errs = append(errs, fieldErr(p+".state", "unknown state %q, want pending, running, complete or failed", a.State))
+		}
+		switch a.Health {
+		case "", Healthy, Unhealthy:
+		default:
+			errs = append(errs, fieldErr(p+".health", "unknown health %q, want healthy or unhealthy", a.Health))
 		}
 		for ti, t := range a.Tasks {
 			switch t.State {

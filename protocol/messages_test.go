@@ -37,18 +37,36 @@ func goldenMessages() map[string]any {
 			Groups: []GroupStatus{{Name: "web", Desired: 2, Placed: 1, Unplaced: "1 of 2 instances unplaced: 0 of 1 devices feasible: 1 lack driver podman"}},
 			Allocs: []AllocSummary{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07", Version: 2, State: AllocRunning}},
 			Counts: PlacementCounts{Desired: 2, Placed: 1, Running: 1}, UpdatedAt: at},
+		"jobstatus-rollout": JobStatus{Job: "hello", State: JobRunning, Version: 3, Type: JobSystem,
+			Allocs: []AllocSummary{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07", Version: 3, State: AllocRunning, Health: Healthy}},
+			Counts: PlacementCounts{Desired: 1, Placed: 1, Running: 1},
+			Rollout: &Rollout{Version: 3, State: RolloutPaused, Description: "canaries healthy: waiting for promotion", StartedAt: at, ProgressAt: at,
+				Groups: []RolloutGroup{{Name: "web", Total: 40, Canaries: 2, Updated: 2, Healthy: 2, PendingOffline: 1}}}, UpdatedAt: at},
+		"promote":    Promote{Job: "hello", Version: 3},
+		"scheduling": Scheduling{Device: "pi-07", Eligible: false, Drain: true},
+		"history": JobHistory{Job: "hello", Versions: []JobVersionEntry{{Version: 2, SubmittedAt: at, Digest: "ab12", Stable: true,
+			Rollout: &Rollout{Version: 2, State: RolloutSuccessful, StartedAt: at, ProgressAt: at, Groups: []RolloutGroup{{Name: "web", Total: 2, Updated: 2, Healthy: 2}}},
+			Job:     Job{ID: "hello", Type: JobService, Groups: []Group{{Name: "web", Update: &Update{MaxParallel: 2, Canary: 1, AutoRevert: true, Abort: &Abort{FailureRatio: 0.1, MinDevices: 20}}, Tasks: []Task{task}}}}}}},
+		"planresult": PlanResult{Job: "hello", Version: 3, Destructive: []PlannedAlloc{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07"}},
+			Deferred: []PlannedAlloc{{ID: "hello.web.1-def456", Group: "web", Device: "pi-08", Reason: "max_parallel 1"}},
+			Groups:   []GroupStatus{{Name: "web", Desired: 2, Placed: 2}}},
 	}
 }
 
 func TestGolden(t *testing.T) {
 	decoders := map[string]func([]byte) (any, error){
-		"desired":      func(b []byte) (any, error) { return DecodeDesired(b) },
-		"reported":     func(b []byte) (any, error) { return DecodeReported(b) },
-		"presence":     func(b []byte) (any, error) { return DecodePresence(b) },
-		"facts":        func(b []byte) (any, error) { return DecodeFacts(b) },
-		"event":        func(b []byte) (any, error) { return DecodeEvent(b) },
-		"jobstatus":    func(b []byte) (any, error) { return DecodeJobStatus(b) },
-		"fleetsummary": func(b []byte) (any, error) { return DecodeFleetSummary(b) },
+		"desired":           func(b []byte) (any, error) { return DecodeDesired(b) },
+		"reported":          func(b []byte) (any, error) { return DecodeReported(b) },
+		"presence":          func(b []byte) (any, error) { return DecodePresence(b) },
+		"facts":             func(b []byte) (any, error) { return DecodeFacts(b) },
+		"event":             func(b []byte) (any, error) { return DecodeEvent(b) },
+		"jobstatus":         func(b []byte) (any, error) { return DecodeJobStatus(b) },
+		"fleetsummary":      func(b []byte) (any, error) { return DecodeFleetSummary(b) },
+		"jobstatus-rollout": func(b []byte) (any, error) { return DecodeJobStatus(b) },
+		"promote":           func(b []byte) (any, error) { return DecodePromote(b) },
+		"scheduling":        func(b []byte) (any, error) { return DecodeScheduling(b) },
+		"history":           func(b []byte) (any, error) { return DecodeJobHistory(b) },
+		"planresult":        func(b []byte) (any, error) { return DecodePlanResult(b) },
 	}
 	for name, msg := range goldenMessages() {
 		t.Run(name, func(t *testing.T) {

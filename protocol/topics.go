@@ -24,14 +24,30 @@ const (
 	KindPresence  Kind = "presence"  // {root}/v1/devices/{device}/presence: retained, last will
 	KindFacts     Kind = "facts"     // {root}/v1/devices/{device}/facts: retained
 	KindEvents    Kind = "events"    // {root}/v1/devices/{device}/events: not retained
+	// Rollouts and scheduling.
+	KindPromote    Kind = "promote"    // {root}/v1/jobs/{job}/promote: operator → planner, not retained
+	KindHistory    Kind = "history"    // {root}/v1/jobs/{job}/history: planner → anyone, retained
+	KindScheduling Kind = "scheduling" // {root}/v1/devices/{device}/scheduling: operator → planner, retained
+	// Dry runs: the request carries a job document, the planner answers on
+	// the result topic; neither is retained. The id is the requester's
+	// nonce.
+	KindPlan       Kind = "plan"       // {root}/v1/plans/{id}
+	KindPlanResult Kind = "planresult" // {root}/v1/plans/{id}/result
 )
 
 var deviceKinds = map[string]Kind{
-	"desired":  KindDesired,
-	"reported": KindReported,
-	"presence": KindPresence,
-	"facts":    KindFacts,
-	"events":   KindEvents,
+	"desired":    KindDesired,
+	"reported":   KindReported,
+	"presence":   KindPresence,
+	"facts":      KindFacts,
+	"events":     KindEvents,
+	"scheduling": KindScheduling,
+}
+
+var jobKinds = map[string]Kind{
+	"status":  KindJobStatus,
+	"promote": KindPromote,
+	"history": KindHistory,
 }
 
 // idPattern is the shape of every identifier that ends up in a topic, a
@@ -105,6 +121,27 @@ func (t Topics) Facts(device string) string { return t.Device(device, KindFacts)
 // Events is the topic a device publishes task lifecycle events to.
 func (t Topics) Events(device string) string { return t.Device(device, KindEvents) }
 
+// Promote is the topic an operator publishes a promote request to.
+func (t Topics) Promote(job string) string { return t.base() + "/jobs/" + job + "/promote" }
+
+// History is the topic the planner publishes a job's version history to.
+func (t Topics) History(job string) string { return t.base() + "/jobs/" + job + "/history" }
+
+// Scheduling is the topic holding an operator's eligibility and drain
+// settings for a device.
+func (t Topics) Scheduling(device string) string { return t.Device(device, KindScheduling) }
+
+// Plan is the topic a dry-run request with the given nonce goes to, and
+// PlanResult the one its answer comes back on.
+func (t Topics) Plan(id string) string       { return t.base() + "/plans/" + id }
+func (t Topics) PlanResult(id string) string { return t.base() + "/plans/" + id + "/result" }
+
+// PromoteFilter matches every promote topic.
+func (t Topics) PromoteFilter() string { return t.base() + "/jobs/+/promote" }
+
+// PlansFilter matches every dry-run request topic.
+func (t Topics) PlansFilter() string { return t.base() + "/plans/+" }
+
 // JobsFilter matches every job document topic.
 func (t Topics) JobsFilter() string { return t.base() + "/jobs/+" }
 
@@ -127,8 +164,16 @@ func (t Topics) Parse(topic string) (Kind, string, error) {
 	switch {
 	case len(parts) == 2 && parts[0] == "jobs":
 		kind = KindJob
-	case len(parts) == 3 && parts[0] == "jobs" && parts[2] == "status":
-		kind = KindJobStatus
+	case len(parts) == 3 && parts[0] == "jobs":
+		k, ok := jobKinds[parts[2]]
+		if !ok {
+			return "", "", fmt.Errorf("topic %q: unknown job topic %q", topic, parts[2])
+		}
+		kind = k
+	case len(parts) == 2 && parts[0] == "plans":
+		kind = KindPlan
+	case len(parts) == 3 && parts[0] == "plans" && parts[2] == "result":
+		kind = KindPlanResult
 	case len(parts) == 3 && parts[0] == "devices":
 		k, ok := deviceKinds[parts[2]]
 		if !ok {
