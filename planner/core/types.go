@@ -21,6 +21,11 @@ type Job struct {
 	// Stopped is set when the operator deleted the job: every allocation of
 	// it must go.
 	Stopped bool
+	// Rollout is the state of the rollout of this Version as the previous
+	// plan left it (Plan.Rollouts), nil when no plan has seen this version
+	// yet. The shell persists it between plans and may set a group's
+	// Promoted (the operator promoted the version).
+	Rollout *protocol.Rollout
 }
 
 // Device is what the planner knows of one device.
@@ -46,6 +51,11 @@ type Device struct {
 	// group's lost_after (protocol.Group.LostAfter); with a zero
 	// OfflineSince it is never lost. Ignored while Presence is online.
 	OfflineSince time.Time
+	// Ineligible devices get no new allocation; what they run stays.
+	// Draining devices are ineligible, and their service and batch
+	// allocations move elsewhere (see Compute).
+	Ineligible bool
+	Draining   bool
 }
 
 // Alloc is one instance of a group on a device.
@@ -97,4 +107,20 @@ type Plan struct {
 	// plan becomes lost, the time to compute again without any other
 	// event; zero when no allocation is on its way to being lost.
 	NextEval time.Time
+
+	// Rollouts is the state of the rollout of every job that is not stopped
+	// and has a group with an update block, by job id: the shell persists
+	// it and passes it back as Job.Rollout.
+	Rollouts map[string]protocol.Rollout
+	// Deferred lists the allocations of Allocations left at an older
+	// version for now, with the reason (a rollout's max_parallel, its
+	// canaries awaiting promotion, a failed rollout, an offline device
+	// under offline: wait), sorted by device, then id.
+	Deferred []Deferred
+}
+
+// Deferred is an allocation whose update a rollout holds back.
+type Deferred struct {
+	Alloc  Alloc
+	Reason string
 }
