@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -42,6 +43,7 @@ type Planner struct {
 	log     zerolog.Logger
 	events  chan bus.Message
 	pending map[string][]func(*store.DeviceRecord) // Run's goroutine only
+	dryRuns []dryRun                               // Run's goroutine only
 }
 
 // New returns a planner; it does nothing until Run.
@@ -63,16 +65,21 @@ func (p *Planner) Run(ctx context.Context) error {
 		t.DevicesFilter(protocol.KindFacts),
 		t.DevicesFilter(protocol.KindPresence),
 		t.DevicesFilter(protocol.KindReported),
+		t.DevicesFilter(protocol.KindScheduling),
+		t.PromoteFilter(),
+		t.PlansFilter(),
 	}
-	for i, f := range filters {
+	for _, f := range filters {
 		// Device state is level-triggered and retained: QoS 0 is enough on
 		// a live connection, and it keeps the burst of retained messages a
 		// restart brings out of the broker's QoS 1 in-flight limit, which
-		// drops what exceeds it when the planner acknowledges slowly. Job
-		// documents keep QoS 1.
-		qos := byte(0)
-		if i == 0 {
-			qos = 1
+		// drops what exceeds it when the planner acknowledges slowly. What
+		// operators publish (job documents, scheduling, promotions, dry
+		// runs) keeps QoS 1.
+		qos := byte(1)
+		switch f {
+		case t.DevicesFilter(protocol.KindFacts), t.DevicesFilter(protocol.KindPresence), t.DevicesFilter(protocol.KindReported):
+			qos = 0
 		}
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := p.cfg.Bus.Subscribe(sctx, f, qos, p.enqueue)
@@ -118,6 +125,7 @@ func (p *Planner) Run(ctx context.Context) error {
 			p.drain()
 			p.flushDevices()
 			arm(p.reconcile(ctx))
+			p.answerDryRuns(ctx)
 		}
 	}
 }
@@ -149,6 +157,26 @@ func (p *Planner) apply(m bus.Message) {
 	switch kind {
 	case protocol.KindJob:
 		p.applyJob(id, m.Payload, now)
+	case protocol.KindPromote:
+		p.applyPromote(id, m.Payload, log)
+	case protocol.KindPlan:
+		if len(m.Payload) > 0 {
+			p.dryRuns = append(p.dryRuns, dryRun{nonce: id, payload: m.Payload})
+		}
+	case protocol.KindScheduling:
+		var sched *protocol.Scheduling
+		if len(m.Payload) > 0 {
+			sc, err := protocol.DecodeScheduling(m.Payload)
+			if err == nil && sc.Device != id {
+				err = fmt.Errorf("device: %q does not match topic device %q", sc.Device, id)
+			}
+			if err != nil {
+				log.Warn().Err(err).Msg("ignoring invalid scheduling")
+				return
+			}
+			sched = &sc
+		}
+		p.updateDevice(id, func(d *store.DeviceRecord) { d.Scheduling = sched })
 	case protocol.KindFacts:
 		if len(m.Payload) == 0 {
 			return
@@ -301,6 +329,9 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 		}
 	}
 	var errs []error
+	if err := p.saveRollouts(ctx, snap, heads, plan); err != nil {
+		errs = append(errs, err)
+	}
 	if err := p.publishDesired(ctx, snap, records, plan, now); err != nil {
 		errs = append(errs, err)
 	}
@@ -309,6 +340,9 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 		errs = append(errs, err)
 	}
 	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.publishHistories(ctx, heads); err != nil {
 		errs = append(errs, err)
 	}
 	return plan.NextEval, errors.Join(errs...)
@@ -330,7 +364,13 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 		if err != nil {
 			return snap, nil, nil, err
 		}
-		snap.Jobs = append(snap.Jobs, core.Job{Job: rec.Job, Version: rec.Version, Stopped: h.Stopped})
+		j := core.Job{Job: rec.Job, Version: rec.Version, Stopped: h.Stopped}
+		if h.Rollout != nil && h.Rollout.Version == rec.Version {
+			r := *h.Rollout
+			r.Groups = slices.Clone(r.Groups)
+			j.Rollout = &r
+		}
+		snap.Jobs = append(snap.Jobs, j)
 	}
 	devs, err := p.cfg.Store.Devices()
 	if err != nil {
@@ -347,6 +387,10 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 				}
 				cd.Resources[r.Name] += r.Count
 			}
+		}
+		if sc := d.Scheduling; sc != nil {
+			cd.Ineligible = !sc.Eligible
+			cd.Draining = sc.Drain
 		}
 		if d.Presence != nil {
 			cd.Presence = d.Presence.Status
@@ -414,13 +458,22 @@ func fromStore(a store.Allocation) core.Alloc {
 // publishDesired publishes the desired document of every device whose
 // allocations changed, and retries documents the broker did not acknowledge.
 func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, records []store.DeviceRecord, plan core.Plan, now time.Time) error {
-	stopAfter := map[[2]string]time.Duration{} // (job, group) → disconnect.stop_after
+	stopAfter := map[[2]string]time.Duration{}       // (job, group) → disconnect.stop_after
+	health := map[[2]string]*protocol.HealthPolicy{} // (job, group) → how edged judges health
 	for _, j := range snap.Jobs {
 		for _, g := range j.Job.Groups {
 			if d := g.StopAfter(); d > 0 {
 				stopAfter[[2]string{j.Job.ID, g.Name}] = d
 			}
+			if u, ok := g.UpdatePolicy(); ok {
+				health[[2]string{j.Job.ID, g.Name}] = &protocol.HealthPolicy{
+					MinHealthyTime: protocol.Duration(u.MinHealthyTime), HealthyDeadline: protocol.Duration(u.HealthyDeadline)}
+			}
 		}
+	}
+	versions := map[string]uint64{}
+	for _, j := range snap.Jobs {
+		versions[j.Job.ID] = j.Version
 	}
 	byDevice := map[string][]protocol.Allocation{}
 	for _, d := range snap.Devices {
@@ -429,6 +482,11 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, record
 	for _, a := range plan.Allocations {
 		pa := toStore(a).Allocation
 		pa.StopAfterDisconnect = protocol.Duration(stopAfter[[2]string{a.Job, a.Group}])
+		if a.JobVersion == versions[a.Job] {
+			// Only allocations at the job's version are judged: one a
+			// rollout holds back runs the old version as it was.
+			pa.Health = health[[2]string{a.Job, a.Group}]
+		}
 		byDevice[a.Device] = append(byDevice[a.Device], pa)
 	}
 	ids := make([]string, 0, len(byDevice))
@@ -525,6 +583,14 @@ func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads [
 	for _, h := range heads {
 		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported, conn)
 		st.Type = types[h.ID]
+		if r, ok := plan.Rollouts[h.ID]; ok && !h.Stopped {
+			r := r
+			if h.Rollout != nil && h.Rollout.Version == r.Version {
+				r.RevertedTo = h.Rollout.RevertedTo
+			}
+			st.Rollout = &r
+		}
+		p.markStable(h, st)
 		all = append(all, st)
 		raw, _ := json.Marshal(st)
 		hash := protocol.Digest(raw)
@@ -632,6 +698,7 @@ func BuildStatus(h store.JobHead, groups []protocol.GroupStatus, allocs []core.A
 		sum := protocol.AllocSummary{ID: a.ID, Group: a.Group, Device: a.Device, Version: a.JobVersion, State: protocol.AllocPending}
 		if r, ok := reported[a.Device][a.ID]; ok && r.JobVersion == a.JobVersion {
 			sum.State = r.State
+			sum.Health = r.Health
 			for _, t := range r.Tasks {
 				if t.Message != "" && (t.State == protocol.TaskFailed || t.State == protocol.TaskRestarting) {
 					sum.Message = t.Name + ": " + t.Message

@@ -357,7 +357,9 @@ func DecodeJobHistory(data []byte) (JobHistory, error) {
 // submitting the document would do, computed against the fleet as it is,
 // changing nothing.
 type PlanResult struct {
-	Job string `json:"job"`
+	// Job is the document's job id; "" only when the document has none
+	// that is valid (Errors says so).
+	Job string `json:"job,omitempty"`
 	// Errors lists every problem of the document; nothing else is set
 	// when there are any.
 	Errors []FieldError `json:"errors,omitempty"`
@@ -391,6 +393,9 @@ func DecodePlanResult(data []byte) (PlanResult, error) {
 	var r PlanResult
 	if err := decodeStrict(data, &r); err != nil {
 		return PlanResult{}, err
+	}
+	if r.Job == "" && len(r.Errors) > 0 {
+		return r, nil
 	}
 	if err := ValidateID(r.Job); err != nil {
 		return PlanResult{}, fieldErr("job", "%v", err)

@@ -101,6 +101,13 @@ type JobRecord struct {
 	Job         protocol.Job `json:"job"`
 	Digest      string       `json:"digest"`
 	SubmittedAt time.Time    `json:"submitted_at"`
+	// Stable is set once this version ran everywhere it should: its
+	// rollout succeeded, or, without an update block, every allocation ran
+	// it. Auto-revert returns a job to its latest stable version.
+	Stable bool `json:"stable,omitempty"`
+	// Rollout is the last state of this version's rollout, kept once it
+	// ended (successful or failed).
+	Rollout *protocol.Rollout `json:"rollout,omitempty"`
 }
 
 // JobHead is the current state of a job: its latest accepted version and
@@ -116,6 +123,13 @@ type JobHead struct {
 	LastErrors []protocol.FieldError `json:"last_errors,omitempty"`
 	// StatusHash is the content hash of the last job status published.
 	StatusHash string `json:"status_hash,omitempty"`
+	// Rollout is the state of the rollout of the latest version as the
+	// last plan left it (nil without update blocks).
+	Rollout *protocol.Rollout `json:"rollout,omitempty"`
+	// Stable is the latest version marked stable, 0 if none.
+	Stable uint64 `json:"stable,omitempty"`
+	// HistoryKey identifies the job history last published.
+	HistoryKey string `json:"history_key,omitempty"`
 }
 
 func versionKey(v uint64) []byte { return []byte(fmt.Sprintf("v/%020d", v)) }
@@ -169,6 +183,7 @@ func (s *Store) SubmitJob(job protocol.Job, digest string, at time.Time) (JobRec
 			}
 		}
 		head.Latest++
+		head.Rollout = nil // it was the previous version's
 		head.Stopped = false
 		head.StoppedAt = time.Time{}
 		rec = JobRecord{Version: head.Latest, Job: job, Digest: digest, SubmittedAt: at.UTC()}
@@ -187,9 +202,10 @@ func (s *Store) SubmitJob(job protocol.Job, digest string, at time.Time) (JobRec
 // RejectJob records that the last submission for a job was invalid. The
 // version in force, if any, stays in force.
 func (s *Store) RejectJob(id, digest string, errs []protocol.FieldError) error {
-	return s.updateHead(id, true, func(h *JobHead) {
+	return s.updateHead(id, true, func(h *JobHead) error {
 		h.LastDigest = digest
 		h.LastErrors = errs
+		return nil
 	})
 }
 
@@ -197,7 +213,7 @@ func (s *Store) RejectJob(id, digest string, errs []protocol.FieldError) error {
 // the job existed and was running.
 func (s *Store) StopJob(id string, at time.Time) (bool, error) {
 	var changed bool
-	err := s.updateHead(id, false, func(h *JobHead) {
+	err := s.updateHead(id, false, func(h *JobHead) error {
 		if !h.Stopped {
 			changed = true
 		}
@@ -205,6 +221,7 @@ func (s *Store) StopJob(id string, at time.Time) (bool, error) {
 		h.StoppedAt = at.UTC()
 		h.LastErrors = nil
 		h.LastDigest = ""
+		return nil
 	})
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
@@ -212,12 +229,101 @@ func (s *Store) StopJob(id string, at time.Time) (bool, error) {
 	return changed, err
 }
 
-// SetStatusHash remembers the hash of the job status last published.
-func (s *Store) SetStatusHash(id, hash string) error {
-	return s.updateHead(id, false, func(h *JobHead) { h.StatusHash = hash })
+// SetRollout records the state of the rollout of the job's latest version.
+// When the rollout ended, the version's record keeps it too, and a
+// successful one marks the version stable.
+func (s *Store) SetRollout(id string, r protocol.Rollout) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		jb := tx.Bucket(bucketJobs).Bucket([]byte(id))
+		if jb == nil {
+			return fmt.Errorf("job %s: %w", id, ErrNotFound)
+		}
+		var head JobHead
+		if _, err := getJSON(jb, keyHead, &head); err != nil {
+			return err
+		}
+		if r.Version != head.Latest {
+			return fmt.Errorf("job %s: rollout of version %d, latest is %d", id, r.Version, head.Latest)
+		}
+		head.Rollout = &r
+		if r.Done() {
+			var rec JobRecord
+			if ok, err := getJSON(jb, versionKey(r.Version), &rec); err != nil || !ok {
+				return fmt.Errorf("job %s version %d: %w", id, r.Version, errors.Join(err, ErrNotFound))
+			}
+			rec.Rollout = &r
+			if r.State == protocol.RolloutSuccessful {
+				rec.Stable = true
+				head.Stable = max(head.Stable, r.Version)
+			}
+			if err := putJSON(jb, versionKey(r.Version), rec); err != nil {
+				return err
+			}
+		}
+		return putJSON(jb, keyHead, head)
+	})
 }
 
-func (s *Store) updateHead(id string, create bool, fn func(*JobHead)) error {
+// MarkStable marks a version of a job stable (it ran everywhere it should).
+func (s *Store) MarkStable(id string, version uint64) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		jb := tx.Bucket(bucketJobs).Bucket([]byte(id))
+		if jb == nil {
+			return fmt.Errorf("job %s: %w", id, ErrNotFound)
+		}
+		var rec JobRecord
+		if ok, err := getJSON(jb, versionKey(version), &rec); err != nil || !ok {
+			return fmt.Errorf("job %s version %d: %w", id, version, errors.Join(err, ErrNotFound))
+		}
+		rec.Stable = true
+		if err := putJSON(jb, versionKey(version), rec); err != nil {
+			return err
+		}
+		var head JobHead
+		if _, err := getJSON(jb, keyHead, &head); err != nil {
+			return err
+		}
+		head.Stable = max(head.Stable, version)
+		return putJSON(jb, keyHead, head)
+	})
+}
+
+// ErrNotPromotable is returned by Promote when the job has no rollout of
+// that version waiting for promotion.
+var ErrNotPromotable = errors.New("no rollout of that version to promote")
+
+// Promote promotes the rollout of version of a job past its canaries.
+func (s *Store) Promote(id string, version uint64) error {
+	return s.updateHead(id, false, func(h *JobHead) error {
+		r := h.Rollout
+		if r == nil || r.Version != version || r.Done() {
+			return ErrNotPromotable
+		}
+		promoted := false
+		for i := range r.Groups {
+			if r.Groups[i].Canaries > 0 && !r.Groups[i].Promoted {
+				r.Groups[i].Promoted = true
+				promoted = true
+			}
+		}
+		if !promoted {
+			return ErrNotPromotable
+		}
+		return nil
+	})
+}
+
+// SetHistoryKey remembers which job history was last published.
+func (s *Store) SetHistoryKey(id, key string) error {
+	return s.updateHead(id, false, func(h *JobHead) error { h.HistoryKey = key; return nil })
+}
+
+// SetStatusHash remembers the hash of the job status last published.
+func (s *Store) SetStatusHash(id, hash string) error {
+	return s.updateHead(id, false, func(h *JobHead) error { h.StatusHash = hash; return nil })
+}
+
+func (s *Store) updateHead(id string, create bool, fn func(*JobHead) error) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		jobs := tx.Bucket(bucketJobs)
 		jb := jobs.Bucket([]byte(id))
@@ -234,7 +340,9 @@ func (s *Store) updateHead(id string, create bool, fn func(*JobHead)) error {
 		if _, err := getJSON(jb, keyHead, &head); err != nil {
 			return err
 		}
-		fn(&head)
+		if err := fn(&head); err != nil {
+			return err
+		}
 		return putJSON(jb, keyHead, head)
 	})
 }
@@ -316,6 +424,9 @@ type DeviceRecord struct {
 	ReportedAt  time.Time `json:"reported_at,omitempty"`
 	DesiredHash string    `json:"desired_hash,omitempty"`
 	Published   bool      `json:"published"`
+	// Scheduling is the operator's eligibility and drain setting; nil
+	// means eligible.
+	Scheduling *protocol.Scheduling `json:"scheduling,omitempty"`
 }
 
 // Generation returns the generation of the last desired document (0 if none).
