@@ -53,7 +53,7 @@ func newFixture(t *testing.T) *fixture {
 	f.obs = f.dial()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, filter := range []string{f.topics.Base() + "/devices/+/desired", f.topics.JobStatusFilter(), f.topics.FleetSummary()} {
+	for _, filter := range []string{f.topics.Base() + "/devices/+/desired", f.topics.JobStatusFilter(), f.topics.FleetSummary(), f.topics.Base() + "/jobs/+/history", f.topics.Base() + "/plans/+/result"} {
 		if err := f.obs.Subscribe(ctx, filter, 1, func(m bus.Message) {
 			f.mu.Lock()
 			f.msgs[m.Topic] = append(f.msgs[m.Topic], m.Payload)

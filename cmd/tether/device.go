@@ -11,8 +11,8 @@ import (
 )
 
 func newDeviceCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "device", Short: "Inspect devices"}
-	cmd.AddCommand(newDeviceListCmd(g))
+	cmd := &cobra.Command{Use: "device", Short: "Inspect devices, drain them, set their eligibility"}
+	cmd.AddCommand(newDeviceListCmd(g), newDeviceDrainCmd(g), newDeviceEligibilityCmd(g))
 	return cmd
 }
 
@@ -21,6 +21,7 @@ type deviceView struct {
 	ID          string                 `json:"id"`
 	Presence    *protocol.Presence     `json:"presence,omitempty"`
 	Facts       *protocol.Facts        `json:"facts,omitempty"`
+	Scheduling  *protocol.Scheduling   `json:"scheduling,omitempty"`
 	Allocations []protocol.AllocStatus `json:"allocations"`
 }
 
@@ -44,7 +45,8 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 			}
 			defer c.Close()
 			msgs, err := collect(cmd.Context(), c, topics.Base(),
-				topics.DevicesFilter(protocol.KindPresence), topics.DevicesFilter(protocol.KindFacts), topics.DevicesFilter(protocol.KindReported))
+				topics.DevicesFilter(protocol.KindPresence), topics.DevicesFilter(protocol.KindFacts), topics.DevicesFilter(protocol.KindReported),
+				topics.DevicesFilter(protocol.KindScheduling))
 			if err != nil {
 				return err
 			}
@@ -73,6 +75,10 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 					if r, err := protocol.DecodeReported(m.Payload); err == nil {
 						get(id).Allocations = r.Allocations
 					}
+				case protocol.KindScheduling:
+					if sc, err := protocol.DecodeScheduling(m.Payload); err == nil {
+						get(id).Scheduling = &sc
+					}
 				}
 			}
 			list := make([]deviceView, 0, len(views))
@@ -90,6 +96,14 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 				status, arch, cpu, mem, drivers, labels := "unknown", "-", "-", "-", "-", "-"
 				if v.Presence != nil {
 					status = string(v.Presence.Status)
+				}
+				if sc := v.Scheduling; sc != nil {
+					switch {
+					case sc.Drain:
+						status += ",draining"
+					case !sc.Eligible:
+						status += ",ineligible"
+					}
 				}
 				if f := v.Facts; f != nil {
 					arch = f.Arch

@@ -18,7 +18,7 @@ import (
 
 func newJobCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "job", Short: "Run, inspect and stop jobs"}
-	cmd.AddCommand(newJobRunCmd(g), newJobStatusCmd(g), newJobStopCmd(g))
+	cmd.AddCommand(newJobRunCmd(g), newJobStatusCmd(g), newJobStopCmd(g), newJobPlanCmd(g), newJobHistoryCmd(g), newJobRevertCmd(g), newJobPromoteCmd(g))
 	return cmd
 }
 
@@ -133,6 +133,11 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 				return nil
 			}
 		}
+		if done, err := followRollout(out, errOut, st, &last); done {
+			return err
+		} else if st.Rollout != nil && st.Rollout.Version == st.Version && !st.Rollout.Done() {
+			continue // the rollout is under way: its line says more
+		}
 		line := progressLine(st)
 		if line != last {
 			fmt.Fprintln(out, line)
@@ -181,6 +186,7 @@ func progressLine(st protocol.JobStatus) string {
 
 func newJobStatusCmd(g *globals) *cobra.Command {
 	var output string
+	var watch bool
 	cmd := &cobra.Command{
 		Use:   "status [JOB]",
 		Short: "Show every job, or one job with its allocations",
@@ -188,6 +194,12 @@ func newJobStatusCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "" && output != "json" && output != "table" {
 				return fmt.Errorf("-o %q: want table or json", output)
+			}
+			if watch {
+				if len(args) != 1 {
+					return fmt.Errorf("--watch follows one job: name it")
+				}
+				return watchJob(cmd, g, args[0])
 			}
 			topics, err := g.topics()
 			if err != nil {
@@ -247,7 +259,45 @@ func newJobStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "follow the job: a line per change of its placement or rollout, until interrupted")
 	return cmd
+}
+
+// watchJob prints a job's detail, then a line per change, until the
+// command's context ends.
+func watchJob(cmd *cobra.Command, g *globals, id string) error {
+	if err := protocol.ValidateID(id); err != nil {
+		return fmt.Errorf("job: %w", err)
+	}
+	ctx := cmd.Context()
+	c, _, statuses, err := g.followStatus(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	out := cmd.OutOrStdout()
+	first := true
+	last := ""
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case st := <-statuses:
+			if first {
+				printJobDetail(out, st)
+				fmt.Fprintln(out)
+				first = false
+			}
+			line := progressLine(st)
+			if r := st.Rollout; r != nil {
+				line += "; " + rolloutLine(*r)
+			}
+			if line != last {
+				fmt.Fprintf(out, "%s %s\n", time.Now().Format("15:04:05"), line)
+				last = line
+			}
+		}
+	}
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -279,12 +329,19 @@ func printJobDetail(w io.Writer, st protocol.JobStatus) {
 		}
 		tw.Flush()
 	}
+	if st.Rollout != nil {
+		printRollout(w, *st.Rollout)
+	}
 	if len(st.Allocs) > 0 {
 		fmt.Fprintln(w, "\nAllocations")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tGROUP\tDEVICE\tVERSION\tSTATE\tMESSAGE")
+		fmt.Fprintln(tw, "ID\tGROUP\tDEVICE\tVERSION\tSTATE\tHEALTH\tMESSAGE")
 		for _, a := range st.Allocs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n", a.ID, a.Group, a.Device, a.Version, a.State, a.Message)
+			health := string(a.Health)
+			if health == "" {
+				health = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", a.ID, a.Group, a.Device, a.Version, a.State, health, a.Message)
 		}
 		tw.Flush()
 	}
