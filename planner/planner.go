@@ -369,6 +369,12 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 			r := *h.Rollout
 			r.Groups = slices.Clone(r.Groups)
 			j.Rollout = &r
+		} else if !h.Stopped {
+			r, err := p.knownGood(h, rec)
+			if err != nil {
+				return snap, nil, nil, err
+			}
+			j.Rollout = r
 		}
 		snap.Jobs = append(snap.Jobs, j)
 	}
@@ -584,11 +590,7 @@ func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads [
 		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported, conn)
 		st.Type = types[h.ID]
 		if r, ok := plan.Rollouts[h.ID]; ok && !h.Stopped {
-			r := r
-			if h.Rollout != nil && h.Rollout.Version == r.Version {
-				r.RevertedTo = h.Rollout.RevertedTo
-			}
-			st.Rollout = &r
+			st.Rollout = &r // saveRollouts added RevertedTo
 		}
 		p.markStable(h, st)
 		all = append(all, st)

@@ -66,6 +66,7 @@ func (p *Planner) saveRollouts(ctx context.Context, snap core.Snapshot, heads []
 		if prev != nil && prev.Version == r.Version {
 			r.RevertedTo = prev.RevertedTo
 		}
+		plan.Rollouts[id] = r
 		if prev == nil || !sameRollout(*prev, r) {
 			if err := p.cfg.Store.SetRollout(id, r); err != nil {
 				errs = append(errs, err)
@@ -78,39 +79,81 @@ func (p *Planner) saveRollouts(ctx context.Context, snap core.Snapshot, heads []
 		if r.State != protocol.RolloutFailed || r.RevertedTo != 0 || !autoReverts(jobs[id].Job) {
 			continue
 		}
-		if err := p.revert(ctx, id, h, r); err != nil {
+		to, err := p.revert(ctx, id, h, r)
+		if err != nil {
 			errs = append(errs, err)
 		}
+		r.RevertedTo = to
+		plan.Rollouts[id] = r
 	}
 	return errors.Join(errs...)
 }
 
+// knownGood returns the initial rollout state of a version no plan has seen
+// yet when its document equals a stable version's (a revert, by hand or
+// automatic): promoted from the start, since the version is known good and
+// its canaries would prove nothing. It returns nil otherwise.
+func (p *Planner) knownGood(h store.JobHead, rec store.JobRecord) (*protocol.Rollout, error) {
+	if h.Stable == 0 || h.Stable == rec.Version {
+		return nil, nil
+	}
+	canaries := false
+	for _, g := range rec.Job.Groups {
+		if u, ok := g.UpdatePolicy(); ok && u.Canary > 0 {
+			canaries = true
+		}
+	}
+	if !canaries {
+		return nil, nil
+	}
+	recs, err := p.cfg.Store.JobVersions(h.ID)
+	if err != nil {
+		return nil, err
+	}
+	for _, old := range recs {
+		if old.Stable && old.Version != rec.Version && old.Job.Equal(rec.Job) {
+			now := p.cfg.Now().UTC()
+			r := &protocol.Rollout{Version: rec.Version, State: protocol.RolloutRunning, StartedAt: now, ProgressAt: now,
+				Description: fmt.Sprintf("same document as stable version %d: canaries skipped", old.Version)}
+			for _, g := range rec.Job.Groups {
+				if u, ok := g.UpdatePolicy(); ok {
+					r.Groups = append(r.Groups, protocol.RolloutGroup{Name: g.Name, Canaries: u.Canary, Promoted: true})
+				}
+			}
+			return r, nil
+		}
+	}
+	return nil, nil
+}
+
 // revert republishes the job's last stable version as its document, which
-// the planner then accepts as a new version, rolled out like any other.
-func (p *Planner) revert(ctx context.Context, id string, h store.JobHead, r protocol.Rollout) error {
+// the planner then accepts as a new version, rolled out like any other
+// (without canaries: see knownGood). It returns the version reverted to, 0
+// if none.
+func (p *Planner) revert(ctx context.Context, id string, h store.JobHead, r protocol.Rollout) (uint64, error) {
 	if h.Stable == 0 || h.Stable >= r.Version {
 		if h.Rollout == nil || h.Rollout.State != protocol.RolloutFailed {
 			p.log.Warn().Str("job", id).Uint64("version", r.Version).Msg("rollout failed; no earlier stable version to revert to")
 		}
-		return nil
+		return 0, nil
 	}
 	rec, err := p.cfg.Store.JobVersion(id, h.Stable)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	payload, err := protocol.Encode(rec.Job)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = p.cfg.Bus.Publish(pctx, p.cfg.Topics.Job(id), payload, true, 1)
 	cancel()
 	if err != nil {
-		return fmt.Errorf("revert %s to version %d: %w", id, h.Stable, err)
+		return 0, fmt.Errorf("revert %s to version %d: %w", id, h.Stable, err)
 	}
 	p.log.Warn().Str("job", id).Uint64("failed", r.Version).Uint64("to", h.Stable).Str("why", r.Description).Msg("rollout failed: reverting")
 	r.RevertedTo = h.Stable
-	return p.cfg.Store.SetRollout(id, r)
+	return h.Stable, p.cfg.Store.SetRollout(id, r)
 }
 
 func autoReverts(j protocol.Job) bool {
