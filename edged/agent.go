@@ -82,6 +82,13 @@ type Agent struct {
 	// reported until a newer one is applied. Worker only.
 	refusal string
 
+	// health holds the health judgements by allocation id, loaded at start
+	// and stored with the task records after every pass; since holds when
+	// each running instance started, on the monotonic clock, by
+	// incarnation. Worker only.
+	health map[string]healthRecord
+	since  map[string]time.Time
+
 	// afterPass, if set, runs on the worker after every pass (tests).
 	afterPass func()
 }
@@ -193,6 +200,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	a.epoch = epoch
+	a.health, err = a.state.health()
+	if err != nil {
+		// Judgements start again rather than the workloads not at all.
+		a.log.Error().Err(err).Msg("read health judgements")
+		a.health = map[string]healthRecord{}
+	}
+	loaded := time.Now()
+	for id, h := range a.health {
+		// Carry the clock over the restart: edged began applying this
+		// version as long ago (by the wall clock) as the record says, or
+		// now if the wall clock went back.
+		if h.Began = onMonotonic(h.Began, loaded); h.Began.After(loaded) {
+			h.Began = loaded
+		}
+		a.health[id] = h
+	}
+	a.since = map[string]time.Time{}
 	// Offline since the last time a previous run knew it was connected (so
 	// stop_after counts across restarts and reboots), else since now.
 	since := time.Now()
@@ -598,6 +622,7 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 	}
 	suspended, resume := a.stopAfter(desired, now)
 	res := diffSuspended(a.cfg.DeviceID, desired, obs, recs, listed, suspended, now)
+	a.beginHealth(desired, obs, res.Tasks, now)
 	events := res.Events
 	wake := res.Wake
 	if !resume.IsZero() {
@@ -650,13 +675,23 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 			res.Tasks[act.Key] = rec
 		}
 	}
-	if err := a.state.putTasks(res.Tasks); err != nil {
-		a.log.Error().Err(err).Msg("store task records")
-	}
 	if len(res.Actions) > 0 {
 		obs, listed = a.list(ctx)
 	}
-	a.report(desired, obs, res.Tasks, listed, events, suspended, now)
+	configured := map[string]bool{}
+	for name := range a.drivers {
+		configured[name] = true
+	}
+	allocs := buildReport(desired, obs, res.Tasks, listed, configured, now)
+	verdicts, judgeAgain := a.judgeHealth(desired, allocs, obs, res.Tasks, suspended)
+	events = append(events, verdicts...)
+	if !judgeAgain.IsZero() {
+		wake = earliest(wake, judgeAgain)
+	}
+	if err := a.state.putTasks(res.Tasks, a.health); err != nil {
+		a.log.Error().Err(err).Msg("store task records")
+	}
+	a.report(desired, allocs, events, suspended, now)
 	return wake
 }
 
@@ -686,13 +721,10 @@ func (a *Agent) stopAfter(desired *protocol.Desired, now time.Time) (map[string]
 	return suspended, next
 }
 
-// report queues the observed state (when it changed) and the events.
-func (a *Agent) report(desired *protocol.Desired, obs []observed, recs map[string]taskRecord, listed map[string]bool, events []pendingEvent, suspended map[string]string, now time.Time) {
-	configured := map[string]bool{}
-	for name := range a.drivers {
-		configured[name] = true
-	}
-	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: buildReport(desired, obs, recs, listed, configured, now)}
+// report queues the observed state of allocs (when it changed) and the
+// events.
+func (a *Agent) report(desired *protocol.Desired, allocs []protocol.AllocStatus, events []pendingEvent, suspended map[string]string, now time.Time) {
+	rep := protocol.Reported{Device: a.cfg.DeviceID, Allocations: allocs}
 	for i, al := range rep.Allocations {
 		if why, ok := suspended[al.ID]; ok {
 			for j := range al.Tasks {

@@ -19,6 +19,7 @@ const stateSchema = 1
 var (
 	bkMeta   = []byte("meta")
 	bkTasks  = []byte("tasks")
+	bkHealth = []byte("health") // healthRecord by allocation id
 	bkOutbox = []byte("outbox")
 	bkOutIdx = []byte("outbox_index")
 	kSchema  = []byte("schema")
@@ -64,7 +65,7 @@ func openState(path string) (*localState, error) {
 		return nil, fmt.Errorf("open local state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bkMeta, bkTasks, bkOutbox, bkOutIdx} {
+		for _, b := range [][]byte{bkMeta, bkTasks, bkHealth, bkOutbox, bkOutIdx} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -135,27 +136,53 @@ func (s *localState) tasks() (map[string]taskRecord, error) {
 	return out, err
 }
 
-// putTasks replaces the task records with recs in one transaction.
-func (s *localState) putTasks(recs map[string]taskRecord) error {
+// putTasks replaces the task records with recs and the health judgements
+// with health, in one transaction.
+func (s *localState) putTasks(recs map[string]taskRecord, health map[string]healthRecord) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bkTasks); err != nil {
+		if err := replaceBucket(tx, bkTasks, recs); err != nil {
 			return err
 		}
-		b, err := tx.CreateBucket(bkTasks)
+		return replaceBucket(tx, bkHealth, health)
+	})
+}
+
+// replaceBucket replaces the content of the named bucket with recs, as JSON.
+func replaceBucket[V any](tx *bolt.Tx, name []byte, recs map[string]V) error {
+	if err := tx.DeleteBucket(name); err != nil {
+		return err
+	}
+	b, err := tx.CreateBucket(name)
+	if err != nil {
+		return err
+	}
+	for k, r := range recs {
+		raw, err := json.Marshal(r)
 		if err != nil {
 			return err
 		}
-		for k, r := range recs {
-			raw, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			if err := b.Put([]byte(k), raw); err != nil {
-				return err
-			}
+		if err := b.Put([]byte(k), raw); err != nil {
+			return err
 		}
-		return nil
+	}
+	return nil
+}
+
+// health returns the stored health judgements by allocation id. Their
+// Began is the wall-clock time stored.
+func (s *localState) health() (map[string]healthRecord, error) {
+	out := map[string]healthRecord{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bkHealth).ForEach(func(k, v []byte) error {
+			var h healthRecord
+			if err := json.Unmarshal(v, &h); err != nil {
+				return fmt.Errorf("decode health of %s: %w", k, err)
+			}
+			out[string(k)] = h
+			return nil
+		})
 	})
+	return out, err
 }
 
 // linkSeen returns the last time edged knew it had its broker connection
