@@ -149,6 +149,11 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		}
 	}
 	p.route(byID)
+	if p.draining {
+		for _, gp := range groups {
+			p.drainPass(gp)
+		}
+	}
 	for _, gp := range groups {
 		p.keepPass(gp)
 	}
@@ -160,6 +165,13 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 	}
 	for _, gp := range groups {
 		p.placePass(gp)
+	}
+	if p.rolling {
+		for i := range jobs {
+			if jp := byID[jobs[i].Job.ID]; len(jp.groups) > 0 {
+				p.rolloutJob(&jobs[i], jp.groups)
+			}
+		}
 	}
 
 	keep := seg{allocs: p.allocs, idx: p.keep, devs: p.keepDev}
@@ -202,6 +214,19 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		plan.Groups[gp.job.Job.ID] = append(plan.Groups[gp.job.Job.ID], gp.status)
 	}
 	p.connectivity(&plan, byID)
+	if !p.rolloutEval.IsZero() && (plan.NextEval.IsZero() || p.rolloutEval.Before(plan.NextEval)) {
+		plan.NextEval = p.rolloutEval
+	}
+	plan.Rollouts = p.rollouts
+	if len(p.deferred) > 0 {
+		slices.SortFunc(p.deferred, func(a, b deferral) int {
+			return cmp.Or(cmp.Compare(a.di, b.di), strings.Compare(a.alloc.ID, b.alloc.ID))
+		})
+		plan.Deferred = make([]Deferred, len(p.deferred))
+		for i, d := range p.deferred {
+			plan.Deferred[i] = Deferred{Alloc: d.alloc, Reason: d.reason}
+		}
+	}
 	return plan
 }
 
@@ -235,6 +260,14 @@ type planner struct {
 	dinfo           []dcand
 	dsurvivor       []bool
 	dpresent, daway []int
+
+	// Rollouts and drain (rollout.go, drain.go).
+	rolling     bool           // some group has a rollout
+	draining    bool           // some device is draining
+	drained     map[int32]bool // allocations (index in allocs) leaving a draining device
+	deferred    []deferral
+	rollouts    map[string]protocol.Rollout
+	rolloutEval time.Time // the earliest progress deadline of a running rollout
 }
 
 // feasMemo holds the result of keepChecks for every device, for the groups
@@ -254,6 +287,7 @@ func newPlanner(devices []Device, allocs []Alloc) *planner {
 		}
 		p.index[d.ID] = 0
 		p.devs = append(p.devs, d)
+		p.draining = p.draining || d.Draining
 	}
 	slices.SortFunc(p.devs, func(a, b *Device) int { return strings.Compare(a.ID, b.ID) })
 	for i, d := range p.devs {
@@ -314,6 +348,8 @@ type groupPlan struct {
 	dcands      []cand         // their candidates
 	targets     map[int]string // free slot → id of the away allocation its replacement replaces
 
+	roll *rolloutGroup // nil without an update block (see rollout.go)
+
 	status protocol.GroupStatus
 }
 
@@ -338,7 +374,8 @@ func (p *planner) newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
 		typ = protocol.JobService
 	}
 	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name},
-		replace: g.ReplacesLost(typ), lostAfter: g.LostAfter(), strategy: g.ReconcileStrategy()}
+		replace: g.ReplacesLost(typ), lostAfter: g.LostAfter(), strategy: g.ReconcileStrategy(), roll: newRolloutGroup(typ, g)}
+	p.rolling = p.rolling || gp.roll != nil
 	m := p.memos[gp.spec.signature]
 	if m == nil {
 		m = &feasMemo{}
@@ -448,6 +485,9 @@ func (p *planner) placeReason(gp *groupPlan, di int32) string {
 		return reasonNoFacts
 	}
 	if r := (isOnline{}).check(d, gp.spec); r != "" {
+		return r
+	}
+	if r := (isEligible{}).check(d, gp.spec); r != "" {
 		return r
 	}
 	return p.staticReason(gp, di)
@@ -628,6 +668,10 @@ func (p *planner) keepPass(gp *groupPlan) {
 			c := cand{i: entries[k].i, di: entries[k].di}
 			a := &p.allocs[c.i]
 			d := p.devs[c.di]
+			if p.drained[c.i] {
+				p.stop = append(p.stop, *a) // its index moves off the draining device
+				continue
+			}
 			if st, ok := d.Reported[a.ID]; ok && st.JobVersion == a.JobVersion {
 				c.state = st.State
 			}
@@ -687,6 +731,7 @@ func (p *planner) judgeSlot(gp *groupPlan, slot int, cands []cand) {
 		gp.take(slot)
 		p.keep = append(p.keep, cands[keepAt].i)
 		p.keepDev = append(p.keepDev, cands[keepAt].di)
+		p.count(gp, cands[keepAt].di, p.allocs[cands[keepAt].i].ID)
 	case len(stale) > 0:
 		gp.take(slot)
 		gp.pending = append(gp.pending, pendingSlot{slot: slot, cands: stale})
@@ -705,6 +750,13 @@ func (p *planner) updatePass(gp *groupPlan) {
 				p.stop = append(p.stop, a)
 				continue
 			}
+			if gp.roll != nil && !gp.inPlace(&a) {
+				// A destructive update: the rollout decides (rolloutJob).
+				if updated = p.hold(gp, c, ps.slot, ""); !updated {
+					p.stop = append(p.stop, a)
+				}
+				continue
+			}
 			u := a
 			u.JobVersion = gp.job.Version
 			u.Type = gp.typ
@@ -715,6 +767,7 @@ func (p *planner) updatePass(gp *groupPlan) {
 			}
 			p.update = append(p.update, u)
 			p.updateDev = append(p.updateDev, c.di)
+			p.count(gp, c.di, u.ID)
 			updated = true
 		}
 		if !updated {
@@ -894,6 +947,7 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces str
 		Replaces:   replaces,
 	})
 	gp.placedDev = append(gp.placedDev, di)
+	p.count(gp, di, id)
 }
 
 // grow makes room for n more new allocations of a group.

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -35,8 +36,9 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //	                    keys arch, os, kernel, hostname, cores, cpu (MHz),
 //	                    mem (MB), disk (MB), drivers=podman,exec,
 //	                    label.KEY=VALUE, res=nvidia/gpu:2,usb/1d6b:0002:1 and
-//	                    the flags offline, never-seen, no-facts; a device
-//	                    given again is replaced. Defaults as dev(). An
+//	                    the flags offline, never-seen, no-facts, ineligible,
+//	                    draining; a device given again is replaced (its
+//	                    reports kept). Defaults as dev(). An
 //	                    offline device's OfflineSince is the world's clock
 //	                    when it went offline (kept while it stays offline);
 //	                    never-seen leaves it zero.
@@ -46,17 +48,29 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //	                    validated by protocol.ParseJob; prints its errors.
 //	                    Version defaults to the previous version + 1.
 //	stop-job ID         the operator deleted the job.
-//	report ALLOC STATE [started=DURATION]
+//	report ALLOC STATE [started=DURATION] [health=VERDICT]
 //	                    the device of ALLOC (job.group.index@device, an
 //	                    allocation of the last plan) reports it in STATE at
 //	                    its version, with its task started DURATION from
-//	                    now (negative: in the past) if given.
+//	                    now (negative: in the past) and edged's health
+//	                    verdict (healthy, unhealthy) if given.
+//	health VERDICT TARGET ...
+//	                    reports each target running with that health
+//	                    verdict at its version. A target is an allocation
+//	                    (as for report), or a job id: every allocation of
+//	                    the job in the last plan at the job's version, on an
+//	                    online device, not yet judged at that version.
+//	promote JOB         the operator promotes the version being rolled out
+//	                    (every group of the job's rollout), as the shell
+//	                    does on a protocol.Promote.
 //	plan [by=ATTR]      computes a plan at the world's clock, prints its
 //	                    buckets (a replacement as ALLOC<ALLOC-IT-REPLACES),
-//	                    its lost and disconnected allocations, when to plan
-//	                    again, and every group's status (and with by, how
-//	                    many allocations each value of a device attribute
-//	                    has), then makes its allocations the current ones.
+//	                    its lost and disconnected allocations, the deferred
+//	                    updates by reason, when to plan again, every group's
+//	                    status (and with by, how many allocations each
+//	                    value of a device attribute has) and every rollout,
+//	                    then makes its allocations the current ones and its
+//	                    rollouts the jobs' (as the shell persists them).
 func TestScenarios(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
 	if err != nil || len(files) == 0 {
@@ -248,33 +262,80 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 		}
 		return "ok"
 	case "report":
-		if len(c.args) < 2 || len(c.args) > 3 {
-			return fail("want: report ALLOC STATE [started=DURATION]")
+		if len(c.args) < 2 || len(c.args) > 4 {
+			return fail("want: report ALLOC STATE [started=DURATION] [health=VERDICT]")
 		}
-		i := slices.IndexFunc(w.allocs, func(a Alloc) bool { return short(a) == c.args[0] })
-		if i < 0 {
+		a, ok := w.alloc(c.args[0])
+		if !ok {
 			return fail("no allocation %s", c.args[0])
 		}
-		a := w.allocs[i]
-		di := slices.IndexFunc(w.devices, func(d Device) bool { return d.ID == a.Device })
-		if di < 0 {
-			return fail("no device %s", a.Device)
-		}
-		d := &w.devices[di]
-		if d.Reported == nil {
-			d.Reported = map[string]protocol.AllocStatus{}
-		}
 		st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocState(c.args[1])}
-		if len(c.args) == 3 {
-			v, ok := strings.CutPrefix(c.args[2], "started=")
+		for _, arg := range c.args[2:] {
+			if v, ok := strings.CutPrefix(arg, "health="); ok {
+				st.Health = protocol.Health(v)
+				continue
+			}
+			v, ok := strings.CutPrefix(arg, "started=")
 			dur, err := time.ParseDuration(v)
 			if !ok || err != nil {
-				return fail("want started=DURATION, got %q", c.args[2])
+				return fail("want started=DURATION or health=VERDICT, got %q", arg)
 			}
 			at := w.clock().Add(dur)
 			st.Tasks = []protocol.TaskStatus{{Name: a.Tasks[0].Name, State: protocol.TaskRunning, StartedAt: &at}}
 		}
-		d.Reported[a.ID] = st
+		if err := w.report(a, st); err != nil {
+			return fail("%v", err)
+		}
+		return "ok"
+	case "health":
+		if len(c.args) < 2 {
+			return fail("want: health VERDICT TARGET ...")
+		}
+		verdict := protocol.Health(c.args[0])
+		var targets []Alloc
+		for _, t := range c.args[1:] {
+			if a, ok := w.alloc(t); ok {
+				targets = append(targets, a)
+				continue
+			}
+			ji := slices.IndexFunc(w.jobs, func(j Job) bool { return j.Job.ID == t })
+			if ji < 0 {
+				return fail("no allocation or job %s", t)
+			}
+			for _, a := range w.allocs {
+				di := slices.IndexFunc(w.devices, func(d Device) bool { return d.ID == a.Device })
+				if a.Job != t || a.JobVersion != w.jobs[ji].Version || di < 0 || w.devices[di].Presence != protocol.Online {
+					continue
+				}
+				if st, ok := w.devices[di].Reported[a.ID]; ok && st.JobVersion == a.JobVersion && st.Health != "" {
+					continue
+				}
+				targets = append(targets, a)
+			}
+		}
+		var names []string
+		for _, a := range targets {
+			st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocRunning, Health: verdict}
+			if err := w.report(a, st); err != nil {
+				return fail("%v", err)
+			}
+			names = append(names, short(a))
+		}
+		if len(names) == 0 {
+			return "ok: none"
+		}
+		return "ok: " + strings.Join(names, " ")
+	case "promote":
+		for i := range w.jobs {
+			if r := w.jobs[i].Rollout; r != nil && slices.Contains(c.args, w.jobs[i].Job.ID) {
+				promoted := *r
+				promoted.Groups = slices.Clone(r.Groups)
+				for g := range promoted.Groups {
+					promoted.Groups[g].Promoted = true
+				}
+				w.jobs[i].Rollout = &promoted
+			}
+		}
 		return "ok"
 	case "plan":
 		var by string
@@ -293,9 +354,39 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 			w.names[a.ID] = short(a)
 		}
 		w.allocs = p.Allocations
+		for i := range w.jobs {
+			w.jobs[i].Rollout = nil
+			if r, ok := p.Rollouts[w.jobs[i].Job.ID]; ok {
+				w.jobs[i].Rollout = &r
+			}
+		}
 		return w.describe(p, by)
 	}
 	return fail("unknown command")
+}
+
+// alloc finds an allocation of the last plan by its short name.
+func (w *world) alloc(name string) (Alloc, bool) {
+	i := slices.IndexFunc(w.allocs, func(a Alloc) bool { return short(a) == name })
+	if i < 0 {
+		return Alloc{}, false
+	}
+	return w.allocs[i], true
+}
+
+// report records what the device of an allocation reports about it.
+func (w *world) report(a Alloc, st protocol.AllocStatus) error {
+	di := slices.IndexFunc(w.devices, func(d Device) bool { return d.ID == a.Device })
+	if di < 0 {
+		return fmt.Errorf("no device %s", a.Device)
+	}
+	d := &w.devices[di]
+	d.Reported = maps.Clone(d.Reported) // earlier snapshots keep theirs
+	if d.Reported == nil {
+		d.Reported = map[string]protocol.AllocStatus{}
+	}
+	d.Reported[a.ID] = st
+	return nil
 }
 
 // checkScenarioPlan asserts what every plan satisfies, so that a scenario
@@ -308,6 +399,9 @@ func checkScenarioPlan(t *testing.T, path string, c scenarioCase, s Snapshot, p 
 	}
 	if !reflect.DeepEqual(again.Allocations, p.Allocations) {
 		t.Errorf("%s:%d: feeding the plan back changed its allocations", path, c.line)
+	}
+	if !reflect.DeepEqual(again.Rollouts, p.Rollouts) || !reflect.DeepEqual(again.Deferred, p.Deferred) {
+		t.Errorf("%s:%d: feeding the plan back changed its rollouts or deferred updates:\n %+v %+v\n %+v %+v", path, c.line, p.Rollouts, p.Deferred, again.Rollouts, again.Deferred)
 	}
 	if err := invariantViolation(s, p); err != "" {
 		t.Errorf("%s:%d: %s", path, c.line, err)
@@ -333,6 +427,17 @@ func (w *world) describe(p Plan, by string) string {
 	}
 	if len(out) == 0 {
 		out = append(out, "no allocations")
+	}
+	var reasons []string
+	deferred := map[string][]string{}
+	for _, d := range p.Deferred {
+		if _, seen := deferred[d.Reason]; !seen {
+			reasons = append(reasons, d.Reason)
+		}
+		deferred[d.Reason] = append(deferred[d.Reason], short(d.Alloc))
+	}
+	for _, r := range reasons {
+		out = append(out, fmt.Sprintf("deferred (%s): %s", r, strings.Join(deferred[r], " ")))
 	}
 	if !p.NextEval.IsZero() {
 		out = append(out, fmt.Sprintf("next eval in %s", p.NextEval.Sub(p.Now)))
@@ -379,6 +484,29 @@ func (w *world) describe(p Plan, by string) string {
 			out = append(out, fmt.Sprintf("  by %s: %s", by, strings.Join(parts, " ")))
 		}
 	}
+	ids = ids[:0]
+	for id := range p.Rollouts {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		r := p.Rollouts[id]
+		line := fmt.Sprintf("rollout %s v%d: %s", id, r.Version, r.State)
+		if r.Description != "" {
+			line += "; " + r.Description
+		}
+		out = append(out, line, fmt.Sprintf("  started t0+%s, progress t0+%s", r.StartedAt.Sub(t0), r.ProgressAt.Sub(t0)))
+		for _, g := range r.Groups {
+			line := fmt.Sprintf("  %s: total %d updated %d healthy %d unhealthy %d pending-offline %d", g.Name, g.Total, g.Updated, g.Healthy, g.Unhealthy, g.PendingOffline)
+			if g.Canaries > 0 {
+				line += fmt.Sprintf(" canaries %d", g.Canaries)
+			}
+			if g.Promoted {
+				line += " promoted"
+			}
+			out = append(out, line)
+		}
+	}
 	return strings.Join(out, "\n")
 }
 
@@ -402,6 +530,10 @@ func parseDevice(line string) (Device, error) {
 			neverSeen(&d)
 		case k == "no-facts" && !hasValue:
 			noFacts(&d)
+		case k == "ineligible" && !hasValue:
+			d.Ineligible = true
+		case k == "draining" && !hasValue:
+			d.Draining = true
 		case k == "arch":
 			d.Facts.Arch = v
 		case k == "os":

@@ -114,7 +114,7 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 
 	survivor := append(p.dsurvivor[:0], make([]bool, len(info))...)
 	p.dsurvivor = survivor
-	winner, updated := p.resolve(gp, info, present, related)
+	winner, updated, held := p.resolve(gp, info, present, related)
 	if winner >= 0 {
 		survivor[winner] = true
 	}
@@ -143,7 +143,7 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 			}
 		case winner < 0:
 			// Its replacement is gone: an ordinary disconnected allocation.
-			winner, updated = p.resolve(gp, info, []int{k}, related)
+			winner, updated, held = p.resolve(gp, info, []int{k}, related)
 			if winner >= 0 {
 				survivor[winner] = true
 			}
@@ -163,6 +163,12 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 			mark = ""
 		}
 		switch {
+		case k == winner && held:
+			// A destructive update the rollout decides: hold already
+			// admitted it at its own demand.
+			h := &gp.roll.held[len(gp.roll.held)-1]
+			h.slot, h.mark = slot, mark
+			continue
 		case k == winner && updated != nil:
 			updated.Replaces = mark
 			p.update = append(p.update, *updated)
@@ -175,6 +181,9 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 		default:
 			p.keep = append(p.keep, c.i)
 			p.keepDev = append(p.keepDev, c.di)
+		}
+		if k == winner {
+			p.count(gp, c.di, a.ID) // the winner runs the job's version; frozen ones are not counted
 		}
 	}
 	switch {
@@ -194,8 +203,10 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 // the job's version, type and tasks. The others stop. When related (the
 // slot holds an original and its replacement), candidates are tried in
 // reconcileOrder, else in the given order. It returns the survivor's index
-// (-1 for none) and, when it was updated, its new form.
-func (p *planner) resolve(gp *groupPlan, info []dcand, idx []int, related bool) (int, *Alloc) {
+// (-1 for none) and, when it was updated, its new form; held is set when
+// the survivor awaits a destructive update of its group's rollout instead
+// (see hold).
+func (p *planner) resolve(gp *groupPlan, info []dcand, idx []int, related bool) (winner int, updated *Alloc, held bool) {
 	order := idx
 	if related && len(idx) > 1 {
 		order = p.reconcileOrder(gp, info, idx)
@@ -226,10 +237,20 @@ func (p *planner) resolve(gp *groupPlan, info []dcand, idx []int, related bool) 
 		for _, k := range stale {
 			p.stop = append(p.stop, p.allocs[info[k].i])
 		}
-		return keepAt, nil
+		return keepAt, nil, false
 	}
 	for n, k := range stale {
 		c := info[k].cand
+		if gp.roll != nil && !gp.inPlace(&p.allocs[c.i]) {
+			if p.hold(gp, c, -1, "") {
+				for _, rest := range stale[n+1:] {
+					p.stop = append(p.stop, p.allocs[info[rest].i])
+				}
+				return k, nil, true
+			}
+			p.stop = append(p.stop, p.allocs[c.i])
+			continue
+		}
 		u := p.allocs[c.i]
 		u.JobVersion = gp.job.Version
 		u.Type = gp.typ
@@ -238,11 +259,11 @@ func (p *planner) resolve(gp *groupPlan, info []dcand, idx []int, related bool) 
 			for _, rest := range stale[n+1:] {
 				p.stop = append(p.stop, p.allocs[info[rest].i])
 			}
-			return k, &u
+			return k, &u, false
 		}
 		p.stop = append(p.stop, p.allocs[c.i])
 	}
-	return -1, nil
+	return -1, nil, false
 }
 
 // reconcileOrder orders the candidates of a slot holding an original and its

@@ -22,15 +22,16 @@ type checker interface {
 // Reasons given by the checkers other than constraints (whose reason is
 // "constraint " and the constraint's String form) and by the resource check.
 const (
-	reasonNoFacts   = "no facts yet"
-	reasonOffline   = "offline"
-	reasonNoDriver  = "lack driver "
-	reasonNoDevice  = "lack device "
-	reasonNoCPU     = "exhausted cpu"
-	reasonNoMemory  = "exhausted memory"
-	reasonNoDisk    = "exhausted disk"
-	reasonDevice    = "exhausted device "
-	constraintLabel = "constraint "
+	reasonNoFacts    = "no facts yet"
+	reasonOffline    = "offline"
+	reasonIneligible = "ineligible"
+	reasonNoDriver   = "lack driver "
+	reasonNoDevice   = "lack device "
+	reasonNoCPU      = "exhausted cpu"
+	reasonNoMemory   = "exhausted memory"
+	reasonNoDisk     = "exhausted disk"
+	reasonDevice     = "exhausted device "
+	constraintLabel  = "constraint "
 )
 
 // hasFacts rejects devices that never published their facts: nothing is known
@@ -51,6 +52,18 @@ type isOnline struct{}
 func (isOnline) check(d *Device, _ *groupSpec) string {
 	if d.Presence != protocol.Online {
 		return reasonOffline
+	}
+	return ""
+}
+
+// isEligible rejects devices the operator made ineligible or is draining
+// (protocol.Scheduling). Like presence, it only applies to new placements:
+// what such a device runs stays (but see drainPass).
+type isEligible struct{}
+
+func (isEligible) check(d *Device, _ *groupSpec) string {
+	if d.Ineligible || d.Draining {
+		return reasonIneligible
 	}
 	return ""
 }
@@ -98,13 +111,13 @@ func (hasDevices) check(d *Device, g *groupSpec) string {
 
 // Checker chains. placeChecks decide where new allocations may go;
 // keepChecks decide whether an existing allocation may stay, which is the
-// same minus presence: allocations on offline devices are never moved in this
-// version. Both depend only on the device and the group, so Compute runs
+// same minus presence and eligibility: allocations on offline or ineligible
+// devices are not moved for that (a draining device's are, see drainPass). Both depend only on the device and the group, so Compute runs
 // keepChecks once per device and group signature (see feasMemo); the checks
 // that depend on what is placed (distinct_hosts, distinct_property) and the
 // resource check come after them.
 var (
-	placeChecks = []checker{hasFacts{}, isOnline{}, hasDrivers{}, meetsConstraints{}, hasDevices{}}
+	placeChecks = []checker{hasFacts{}, isOnline{}, isEligible{}, hasDrivers{}, meetsConstraints{}, hasDevices{}}
 	keepChecks  = []checker{hasFacts{}, hasDrivers{}, meetsConstraints{}, hasDevices{}}
 )
 

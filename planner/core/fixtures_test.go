@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -183,8 +184,16 @@ func outcomeOf(p Plan) outcome {
 }
 
 // feedBack is the snapshot of the next evaluation: same jobs and devices,
-// the plan's allocations in place.
+// the plan's allocations in place and its rollouts persisted, as the shell
+// does.
 func feedBack(s Snapshot, p Plan) Snapshot {
 	s.Allocations = p.Allocations
+	s.Jobs = slices.Clone(s.Jobs)
+	for i := range s.Jobs {
+		s.Jobs[i].Rollout = nil
+		if r, ok := p.Rollouts[s.Jobs[i].Job.ID]; ok {
+			s.Jobs[i].Rollout = &r
+		}
+	}
 	return s
 }

@@ -309,6 +309,23 @@ func invariantViolation(s Snapshot, p Plan) string {
 		}
 		named[a.Replaces] = true
 	}
+	deferred := map[string]bool{}
+	for _, d := range p.Deferred {
+		a, ok := inPlan[d.Alloc.ID]
+		if !ok || !reflect.DeepEqual(a, d.Alloc) || d.Reason == "" {
+			return fmt.Sprintf("deferred %s (%q) is not an allocation of the plan", short(d.Alloc), d.Reason)
+		}
+		if old := before[a.ID]; old.JobVersion != a.JobVersion || !reflect.DeepEqual(old.Tasks, a.Tasks) {
+			return fmt.Sprintf("deferred %s changed", short(a))
+		}
+		if deferred[a.ID] {
+			return fmt.Sprintf("%s deferred twice", short(a))
+		}
+		deferred[a.ID] = true
+	}
+	if err := rolloutViolation(s, p); err != "" {
+		return err
+	}
 	away := map[string]bool{}
 	var lost, disconnected []Alloc
 	var nextEval time.Time
@@ -341,6 +358,9 @@ func invariantViolation(s Snapshot, p Plan) string {
 		if a.Replaces != "" && !away[a.ID] && !away[a.Replaces] {
 			return fmt.Sprintf("%s and %s it replaces are both counted", short(a), short(inPlan[a.Replaces]))
 		}
+	}
+	if at := rolloutDeadline(s, p, away); !at.IsZero() && (nextEval.IsZero() || at.Before(nextEval)) {
+		nextEval = at
 	}
 	if shorts(lost) != shorts(p.Lost) || shorts(disconnected) != shorts(p.Disconnected) || !nextEval.Equal(p.NextEval) {
 		return fmt.Sprintf("connectivity: lost %s, disconnected %s, next eval %s; want %s, %s, %s",
@@ -381,7 +401,7 @@ func invariantViolation(s Snapshot, p Plan) string {
 			return fmt.Sprintf("%s of an absent group", short(a))
 		}
 		g := j.Job.Groups[gi]
-		if !away[a.ID] && (a.JobVersion != j.Version || a.Type != j.Job.Type || !slices.EqualFunc(a.Tasks, g.Tasks, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) })) {
+		if !away[a.ID] && !deferred[a.ID] && (a.JobVersion != j.Version || a.Type != j.Job.Type || !slices.EqualFunc(a.Tasks, g.Tasks, func(x, y protocol.Task) bool { return protocol.SpecHash(x) == protocol.SpecHash(y) })) {
 			return fmt.Sprintf("%s does not run the current spec", short(a))
 		}
 		st, reported := d.Reported[a.ID]
@@ -505,6 +525,165 @@ func invariantViolation(s Snapshot, p Plan) string {
 	}
 	if len(p.Groups) != len(jobs)-stopped {
 		return fmt.Sprintf("groups for %d jobs", len(p.Groups))
+	}
+	return ""
+}
+
+// healthOf is a device's verdict on an allocation at its version, failed
+// counting as unhealthy, as the core reads it.
+func healthOf(d *Device, a Alloc) protocol.Health {
+	st, ok := d.Reported[a.ID]
+	switch {
+	case !ok || st.JobVersion != a.JobVersion:
+		return ""
+	case st.Health == "" && st.State == protocol.AllocFailed:
+		return protocol.Unhealthy
+	}
+	return st.Health
+}
+
+// rolledGroups are the groups of a job whose updates a rollout gates.
+func rolledGroups(j Job) []protocol.Group {
+	if j.Stopped || (j.Job.Type != protocol.JobService && j.Job.Type != protocol.JobSystem) {
+		return nil
+	}
+	var gs []protocol.Group
+	for _, g := range j.Job.Groups {
+		if g.Update != nil {
+			gs = append(gs, g)
+		}
+	}
+	return gs
+}
+
+// rolloutCounts counts a group's allocations of the plan at the job's
+// version, as RolloutGroup does, leaving out the away ones.
+func rolloutCounts(s Snapshot, p Plan, j Job, g protocol.Group, away map[string]bool) (n protocol.RolloutGroup, inFlight int) {
+	devices := map[string]*Device{}
+	for i := range s.Devices {
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
+	}
+	pol, _ := g.UpdatePolicy()
+	for _, a := range p.Allocations {
+		if a.Job != j.Job.ID || a.Group != g.Name || a.JobVersion != j.Version || away[a.ID] {
+			continue
+		}
+		d := devices[a.Device]
+		n.Updated++
+		switch healthOf(d, a) {
+		case protocol.Healthy:
+			n.Healthy++
+		case protocol.Unhealthy:
+			n.Unhealthy++
+		default:
+			if d.Presence == protocol.Online {
+				inFlight++
+			} else if !pol.OfflineWait {
+				n.PendingOffline++
+			}
+		}
+	}
+	return n, inFlight
+}
+
+// awayOf is the set of allocations a plan keeps frozen: lost ones of groups
+// that replace, and those a replacement names, on devices that are not
+// online.
+func awayOf(s Snapshot, p Plan) map[string]bool {
+	devices := map[string]*Device{}
+	for i := range s.Devices {
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
+	}
+	jobs := map[string]Job{}
+	for _, j := range latestJobs(s.Jobs) {
+		jobs[j.Job.ID] = j
+	}
+	named := map[string]bool{}
+	for _, a := range p.Allocations {
+		if a.Replaces != "" {
+			named[a.Replaces] = true
+		}
+	}
+	away := map[string]bool{}
+	for _, a := range p.Allocations {
+		d, j := devices[a.Device], jobs[a.Job]
+		gi := slices.IndexFunc(j.Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group })
+		if d == nil || gi < 0 || d.Presence == protocol.Online {
+			continue
+		}
+		if st, ok := d.Reported[a.ID]; ok && st.JobVersion == a.JobVersion && (st.State == protocol.AllocComplete || st.State == protocol.AllocFailed) {
+			continue
+		}
+		g := j.Job.Groups[gi]
+		lost := !d.OfflineSince.IsZero() && !p.Now.Before(d.OfflineSince.Add(g.LostAfter()))
+		if lost && g.ReplacesLost(j.Job.Type) || named[a.ID] {
+			away[a.ID] = true
+		}
+	}
+	return away
+}
+
+// rolloutDeadline is the earliest progress deadline of a running rollout
+// with allocations in flight, zero when there is none.
+func rolloutDeadline(s Snapshot, p Plan, away map[string]bool) time.Time {
+	var at time.Time
+	for _, j := range latestJobs(s.Jobs) {
+		r, ok := p.Rollouts[j.Job.ID]
+		if !ok || r.State != protocol.RolloutRunning {
+			continue
+		}
+		for _, g := range rolledGroups(j) {
+			if _, inFlight := rolloutCounts(s, p, j, g, away); inFlight > 0 {
+				pol, _ := g.UpdatePolicy()
+				if t := r.ProgressAt.Add(pol.ProgressDeadline); at.IsZero() || t.Before(at) {
+					at = t
+				}
+			}
+		}
+	}
+	return at
+}
+
+// rolloutViolation checks Plan.Rollouts against the plan's allocations.
+func rolloutViolation(s Snapshot, p Plan) string {
+	away := awayOf(s, p)
+	jobs := latestJobs(s.Jobs)
+	want := 0
+	for _, j := range jobs {
+		gs := rolledGroups(j)
+		r, ok := p.Rollouts[j.Job.ID]
+		if len(gs) == 0 {
+			if ok {
+				return fmt.Sprintf("rollout for %s, which has none", j.Job.ID)
+			}
+			continue
+		}
+		want++
+		if !ok || r.Version != j.Version || len(r.Groups) != len(gs) {
+			return fmt.Sprintf("rollout of %s: %+v", j.Job.ID, r)
+		}
+		for k, g := range gs {
+			n, _ := rolloutCounts(s, p, j, g, away)
+			rg := r.Groups[k]
+			n.Name, n.Total, n.Canaries, n.Promoted = g.Name, rg.Total, rg.Canaries, rg.Promoted
+			if rg != n {
+				return fmt.Sprintf("rollout group %s.%s: %+v, counted %+v", j.Job.ID, g.Name, rg, n)
+			}
+			gi := slices.IndexFunc(j.Job.Groups, func(x protocol.Group) bool { return x.Name == g.Name })
+			if rg.Total != p.Groups[j.Job.ID][gi].Desired {
+				return fmt.Sprintf("rollout group %s.%s: total %d, desired %d", j.Job.ID, g.Name, rg.Total, p.Groups[j.Job.ID][gi].Desired)
+			}
+		}
+		if in := j.Rollout; in != nil && in.Version == j.Version && in.Done() && (r.State != in.State) {
+			return fmt.Sprintf("rollout of %s left %s for %s", j.Job.ID, in.State, r.State)
+		}
+	}
+	if len(p.Rollouts) != want {
+		return fmt.Sprintf("%d rollouts, want %d", len(p.Rollouts), want)
 	}
 	return ""
 }
