@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { Fleet, filterDevices, countDevices, allocSummary, statusOf, FEED_CAP } from '../static/js/model.js';
+import { Fleet, filterDevices, countDevices, allocSummary, statusOf, rolloutMark, rolloutParts, rolloutText, FEED_CAP } from '../static/js/model.js';
 
 const golden = (name) => readFileSync(new URL(`../../protocol/testdata/golden/${name}.json`, import.meta.url));
 const enc = (v) => new TextEncoder().encode(JSON.stringify(v));
@@ -136,4 +136,43 @@ test('gaps name the retained topics that did not arrive', () => {
   f.apply('tether/v1/devices/c/events', enc({ device: 'c', seq: 99, time: '2026-01-02T03:04:06Z', type: 'started' }), false);
   f.apply('tether/v1/fleet/summary', enc({ devices: { total: 4 }, jobs: [], updated_at: '2026-01-02T03:04:05Z' }), true);
   assert.deepEqual(f.gaps().refilters, ['tether/v1/devices/+/presence']);
+});
+
+test('a job status with a rollout: marker, bar parts and words', () => {
+  const f = new Fleet('tether');
+  assert.ok(f.apply('tether/v1/jobs/hello/status', golden('jobstatus-rollout'), true));
+  const j = f.jobs.get('hello');
+  assert.equal(j.allocations[0].health, 'healthy');
+  assert.equal(rolloutMark(j), 'paused');
+  assert.equal(f.jobBriefs()[0].rollout.state, 'paused', 'the overview lists the status, with its rollout');
+  // Golden: total 40, canaries 2, updated 2, healthy 2, pending (offline) 1.
+  const g = j.rollout.groups[0];
+  assert.deepEqual(rolloutParts(g), { total: 40, healthy: 2, updating: 0, unhealthy: 0, pendingOffline: 1, waiting: 37 });
+  assert.equal(rolloutText(g), '2 of 40 healthy, 2 updated, 1 pending (offline), 2 canaries, not promoted');
+
+  for (const [state, mark] of [['running', 'running'], ['paused', 'paused'], ['failed', 'failed'], ['successful', ''], ['', ''], [undefined, '']]) {
+    assert.equal(rolloutMark({ rollout: { state } }), mark, String(state));
+  }
+  assert.equal(rolloutMark({}), '', 'no rollout, no marker');
+  assert.equal(rolloutMark(undefined), '');
+});
+
+test('rollout bar parts are disjoint and never pass the end of the bar', () => {
+  const sum = (p) => p.healthy + p.updating + p.unhealthy + p.pendingOffline + p.waiting;
+  const cases = [
+    // [group, parts]
+    [{ total: 10, updated: 5, healthy: 3, unhealthy: 1, pending_offline: 2 }, { total: 10, healthy: 3, updating: 1, unhealthy: 1, pendingOffline: 2, waiting: 3 }],
+    [{ total: 4, updated: 4, healthy: 4, unhealthy: 0, pending_offline: 0 }, { total: 4, healthy: 4, updating: 0, unhealthy: 0, pendingOffline: 0, waiting: 0 }],
+    [{ name: 'new', total: 0, updated: 0, healthy: 0, unhealthy: 0, pending_offline: 0 }, { total: 0, healthy: 0, updating: 0, unhealthy: 0, pendingOffline: 0, waiting: 0 }],
+    // Counts that do not add up (a status from a newer planner, say): the bar grows, never overflows.
+    [{ total: 3, updated: 2, healthy: 3, unhealthy: 1, pending_offline: 1 }, { total: 5, healthy: 3, updating: 0, unhealthy: 1, pendingOffline: 1, waiting: 0 }],
+    [{ total: -1, healthy: -2 }, { total: 0, healthy: 0, updating: 0, unhealthy: 0, pendingOffline: 0, waiting: 0 }],
+  ];
+  for (const [g, want] of cases) {
+    const p = rolloutParts(g);
+    assert.deepEqual(p, want, JSON.stringify(g));
+    assert.equal(sum(p), p.total, JSON.stringify(g));
+  }
+  assert.equal(rolloutText({ total: 40, updated: 20, healthy: 14, unhealthy: 3, pending_offline: 2, canaries: 1, promoted: true }),
+    '14 of 40 healthy, 20 updated, 3 unhealthy, 2 pending (offline), 1 canary, promoted');
 });

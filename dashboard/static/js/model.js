@@ -355,6 +355,45 @@ export function allocSummary(d) {
   return Object.keys(by).sort().map((s) => by[s] + ' ' + s).join(', ');
 }
 
+/** Rollout states the overview marks a job with: a rollout someone may have to act on. */
+export const ROLLOUT_MARKED = new Set(['running', 'paused', 'failed']);
+
+/** rolloutMark is the state of a job's rollout when the overview marks it, else "". */
+export function rolloutMark(j) {
+  const s = j?.rollout?.state;
+  return ROLLOUT_MARKED.has(s) ? s : '';
+}
+
+/**
+ * rolloutParts splits one group of a rollout (protocol.RolloutGroup) into
+ * the disjoint parts its progress bar draws, in this order: healthy,
+ * updating (updated, health not decided yet), unhealthy, pending (offline),
+ * waiting (not updated yet). Healthy and unhealthy allocations are counted
+ * in updated; pending (offline) ones are not: their device has not reported
+ * the version (see the protocol's golden jobstatus-rollout.json). Counts
+ * that do not add up are clamped, never drawn past the bar's end.
+ */
+export function rolloutParts(g) {
+  const n = (x) => Math.max(0, x | 0);
+  const healthy = n(g.healthy);
+  const unhealthy = n(g.unhealthy);
+  const pendingOffline = n(g.pending_offline);
+  const updating = Math.max(0, n(g.updated) - healthy - unhealthy);
+  const reached = healthy + updating + unhealthy + pendingOffline;
+  const total = Math.max(n(g.total), reached);
+  return { total, healthy, updating, unhealthy, pendingOffline, waiting: total - reached };
+}
+
+/** rolloutText says a rollout group's progress in words, for screen readers and tooltips. */
+export function rolloutText(g) {
+  const p = rolloutParts(g);
+  const out = [`${p.healthy} of ${p.total} healthy`, `${g.updated | 0} updated`];
+  if (p.unhealthy) out.push(`${p.unhealthy} unhealthy`);
+  if (p.pendingOffline) out.push(`${p.pendingOffline} pending (offline)`);
+  if (g.canaries) out.push(`${g.canaries} ${g.canaries === 1 ? 'canary' : 'canaries'}, ${g.promoted ? 'promoted' : 'not promoted'}`);
+  return out.join(', ');
+}
+
 export function fieldError(e) {
   return e.path ? e.path + ': ' + e.message : e.message;
 }
