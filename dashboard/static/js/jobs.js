@@ -1,8 +1,10 @@
 // Jobs: every job status the planner publishes, with its groups (and why
-// instances could not be placed), its allocations, and the validation errors
-// of a rejected submission.
+// instances could not be placed), the rollout of its version, its
+// allocations with their health, and the validation errors of a rejected
+// submission.
 
 import { $, h, badge, table, timeEl, deviceLink, plural } from './dom.js';
+import { rolloutParts, rolloutText } from './model.js';
 
 /** ALLOCS_SHOWN caps the allocations drawn per job (a system job has one per device). */
 const ALLOCS_SHOWN = 100;
@@ -51,7 +53,7 @@ function jobCard(j, focus, now) {
   const groups = j.groups || [];
   const allocs = j.allocations || [];
   const errors = j.errors || [];
-  return h('article', { class: 'panel job-card' + (focus ? ' focus' : ''), 'data-testid': 'job-card', dataset: { job: j.job, state: j.state } },
+  return h('article', { class: 'panel job-card' + (focus ? ' focus' : ''), 'data-testid': 'job-card', dataset: { job: j.job, state: j.state, rollout: j.rollout?.state || '' } },
     h('div', { class: 'job-head' },
       h('h3', null, j.job), badge(j.state, 'job-state'),
       h('span', { class: 'muted' }, [j.type, j.version ? 'version ' + j.version : 'no accepted version'].filter(Boolean).join(' · ')),
@@ -65,15 +67,18 @@ function jobCard(j, focus, now) {
         : 'The submission was rejected:',
       j.submission ? h('span', { class: 'muted mono' }, ' (' + j.submission.slice(0, 12) + ')') : null),
       h('ul', null, errors.map((e) => h('li', { 'data-testid': 'job-error' }, e.path ? h('code', null, e.path) : null, e.path ? ': ' : '', e.message)))),
+    j.rollout ? rolloutSection(j.job, j.rollout, now) : null,
     groups.length === 0 ? null : table(['group', 'placed / desired', 'unplaced'], groups.map((g) =>
       h('tr', { 'data-testid': 'job-group', dataset: { group: g.name } },
         h('td', null, g.name), h('td', { class: 'num' }, `${g.placed | 0} / ${g.desired | 0}`),
         h('td', { class: g.unplaced ? 'warn' : 'muted' }, g.unplaced || '—'))), { class: 'groups' }),
     allocs.length === 0 ? h('p', { class: 'muted' }, j.state === 'stopped' ? 'Stopped: no allocations.' : 'No allocations.') :
-      table(['allocation', 'group', 'device', 'version', 'state', 'message'], allocs.slice(0, ALLOCS_SHOWN).map((a) =>
-        h('tr', { 'data-testid': 'job-alloc', dataset: { alloc: a.id, device: a.device, state: a.state } },
+      table(['allocation', 'group', 'device', 'version', 'state', 'health', 'message'], allocs.slice(0, ALLOCS_SHOWN).map((a) =>
+        h('tr', { 'data-testid': 'job-alloc', dataset: { alloc: a.id, device: a.device, state: a.state, health: a.health || '' } },
           h('td', { class: 'mono' }, a.id), h('td', null, a.group), h('td', null, deviceLink(a.device)),
-          h('td', { class: 'num' }, a.version || ''), h('td', null, badge(a.state)), h('td', { class: 'msg' }, a.message || ''))),
+          h('td', { class: 'num' }, a.version || ''), h('td', null, badge(a.state)),
+          h('td', { 'data-testid': 'alloc-health' }, a.health ? badge(a.health) : h('span', { class: 'muted', title: 'not judged (yet)' }, '—')),
+          h('td', { class: 'msg' }, a.message || ''))),
       { class: 'allocs' }),
     allocs.length > ALLOCS_SHOWN ? h('p', { class: 'muted' }, `…and ${allocs.length - ALLOCS_SHOWN} more allocations.`) : null,
   );
@@ -81,4 +86,73 @@ function jobCard(j, focus, now) {
 
 function count(label, n, cls) {
   return h('span', { class: 'count' + (cls && n ? ' s-' + cls : '') }, h('strong', null, n | 0), ' ' + label);
+}
+
+/** Rollout states in words, for the badge's tooltip. */
+const ROLLOUT_STATES = {
+  running: 'updating allocations',
+  paused: 'canaries updated: waiting for promotion',
+  successful: 'every allocation updated and healthy',
+  failed: 'halted: nothing more is updated',
+};
+
+/**
+ * rolloutSection draws a protocol.Rollout: its state, why, the version it
+ * reverted to, how to promote a paused one, and per group a progress bar
+ * whose parts are also written out as numbers (colour is never the only
+ * sign: the unhealthy and offline parts are hatched, and every part is
+ * counted in the table).
+ */
+function rolloutSection(job, r, now) {
+  const groups = r.groups || [];
+  const reverted = r.reverted_to | 0;
+  return h('section', { class: 'rollout', 'data-testid': 'job-rollout', 'aria-label': `Rollout of version ${r.version | 0}`,
+    dataset: { state: r.state || '', version: r.version | 0, revertedTo: reverted || '' } },
+  h('div', { class: 'rollout-head' },
+    h('h4', null, `Rollout of version ${r.version | 0}`),
+    h('span', { class: 'badge r-' + (r.state || 'none'), 'data-testid': 'rollout-state', dataset: { state: r.state || '' }, title: ROLLOUT_STATES[r.state] || '' },
+      r.state || '—'),
+    h('span', { class: 'muted' }, 'started ', timeEl(r.started_at, now),
+      r.progress_at && r.progress_at !== r.started_at ? [' · last healthy ', timeEl(r.progress_at, now)] : null)),
+  r.description ? h('p', { class: 'rollout-desc', 'data-testid': 'rollout-description' }, r.description) : null,
+  reverted ? h('p', { class: 'rollout-note bad', 'data-testid': 'rollout-reverted', dataset: { version: reverted } },
+    `Reverted to version ${reverted}: the planner republished that version's document, rolled out without canaries.`) : null,
+  r.state === 'paused' ? h('p', { class: 'rollout-note paused', 'data-testid': 'rollout-promote' },
+    'Paused for promotion. Once the canaries are healthy, let the rest follow with ',
+    h('code', null, `tether job promote ${job}`), '.') : null,
+  groups.length === 0 ? null : table(['group', 'progress', 'healthy', 'updated', 'total', 'unhealthy', 'pending (offline)', 'canaries'],
+    groups.map((g) => rolloutRow(g)), { class: 'rollout-groups' }),
+  groups.length === 0 ? null : legend());
+}
+
+function rolloutRow(g) {
+  const p = rolloutParts(g);
+  const text = rolloutText(g);
+  const bar = h('div', { class: 'progress', role: 'progressbar', 'data-testid': 'rollout-bar', 'aria-label': `Group ${g.name}`,
+    'aria-valuemin': 0, 'aria-valuemax': p.total, 'aria-valuenow': p.healthy, 'aria-valuetext': text, title: text },
+  ['healthy', 'updating', 'unhealthy', 'pendingOffline'].map((k) => {
+    if (!p[k] || !p.total) return null;
+    const seg = h('span', { class: 'seg seg-' + k });
+    seg.style.width = (100 * p[k] / p.total) + '%';
+    return seg;
+  }));
+  const canaries = g.canaries | 0;
+  return h('tr', { 'data-testid': 'rollout-group', dataset: {
+    group: g.name, total: p.total, updated: g.updated | 0, healthy: p.healthy, unhealthy: p.unhealthy,
+    pendingOffline: p.pendingOffline, canaries, promoted: g.promoted ? 'true' : 'false' } },
+  h('td', null, g.name), h('td', { class: 'progress-cell' }, bar),
+  h('td', { class: 'num', 'data-testid': 'rollout-healthy' }, p.healthy),
+  h('td', { class: 'num', 'data-testid': 'rollout-updated' }, g.updated | 0),
+  h('td', { class: 'num', 'data-testid': 'rollout-total' }, p.total),
+  h('td', { class: 'num' + (p.unhealthy ? ' err' : ''), 'data-testid': 'rollout-unhealthy' }, p.unhealthy),
+  h('td', { class: 'num' + (p.pendingOffline ? ' warn' : ''), 'data-testid': 'rollout-pending-offline' }, p.pendingOffline),
+  h('td', { 'data-testid': 'rollout-canaries' }, canaries === 0 ? h('span', { class: 'muted' }, '—')
+    : [String(canaries), ' · ', g.promoted ? 'promoted' : h('strong', null, 'not promoted')]));
+}
+
+function legend() {
+  const item = (k, label) => h('li', null, h('span', { class: 'swatch seg-' + k, 'aria-hidden': 'true' }), label);
+  return h('ul', { class: 'legend', 'aria-hidden': 'true' },
+    item('healthy', 'healthy'), item('updating', 'updated, health not decided'), item('unhealthy', 'unhealthy'),
+    item('pendingOffline', 'pending (offline)'), item('waiting', 'not updated yet'));
 }

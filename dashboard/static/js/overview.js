@@ -2,6 +2,7 @@
 // with its state and counts; what failed recently.
 
 import { $, h, badge, table, timeEl, clock, deviceLink, jobLink } from './dom.js';
+import { rolloutMark } from './model.js';
 
 export class OverviewView {
   constructor(fleet) {
@@ -43,7 +44,7 @@ export class OverviewView {
         jobs.map((j) => {
           const k = j.counts || {};
           return h('tr', { 'data-testid': 'overview-job', dataset: { job: j.job, state: j.state } },
-            h('td', null, jobLink(j.job)), h('td', null, j.type || ''), h('td', { class: 'num' }, j.version || '—'),
+            h('td', null, jobLink(j.job), rolloutMarker(j)), h('td', null, j.type || ''), h('td', { class: 'num' }, j.version || '—'),
             h('td', null, badge(j.state)), h('td', { class: 'num' }, k.running | 0), h('td', { class: 'num' }, k.pending | 0),
             h('td', { class: 'num' }, k.complete | 0), h('td', { class: 'num' }, k.failed | 0),
             h('td', { class: 'num' }, `${k.placed | 0} / ${k.desired | 0}`));
@@ -58,6 +59,14 @@ export class OverviewView {
         x.device ? deviceLink(x.device) : null, x.device && x.job ? ' · ' : '', x.job ? jobLink(x.job) : null,
         x.task ? ' · ' + x.task : '', x.message ? h('span', { class: 'msg' }, ' — ' + x.message) : null))));
   }
+}
+
+/** rolloutMarker flags a job whose rollout is running, paused (for promotion) or failed. */
+function rolloutMarker(j) {
+  const s = rolloutMark(j);
+  if (!s) return null;
+  return [' ', h('span', { class: 'badge small r-' + s, 'data-testid': 'overview-rollout', dataset: { state: s },
+    title: `rollout of version ${j.rollout.version | 0}: ${j.rollout.description || s}` }, 'rollout ' + s)];
 }
 
 function sortedEntries(m) {
