@@ -128,6 +128,11 @@ groups:
   await page.waitForSelector(`${sel('event-feed')} ${sel('event-row', { type: 'stopped', device: 'dash-dev' })}`, { timeout: WAIT });
   await shot(page, '05-events');
 
+  // A rollout, as the planner carries it in the job status: synthetic
+  // retained statuses published to tether dev's broker, running → paused
+  // for promotion → failed and reverted.
+  await followRollout(page, mqttPort, defer);
+
   // Power cut for the server: the page must say its link is down...
   await page.click(sel('tab-devices'));
   await dev.kill();
@@ -146,6 +151,112 @@ groups:
   assert.deepEqual(errors, [], 'uncaught errors in the page');
   console.log(`flow test took ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 });
+
+/**
+ * rolloutStatus is a protocol.JobStatus of the system job dash-rollout at
+ * version 7, whose rollout is in the given state with the given groups
+ * (protocol.RolloutGroup), and three allocations: healthy, unhealthy and
+ * not judged yet.
+ */
+function rolloutStatus(state, groups, extra = {}) {
+  const now = new Date().toISOString();
+  const started = new Date(Date.now() - 5 * 60_000).toISOString();
+  const alloc = (id, group, device, health) => ({ id, group, device, version: 7, state: 'running', ...(health ? { health } : {}) });
+  return {
+    job: 'dash-rollout', state: 'running', version: 7, type: 'system',
+    allocations: [
+      alloc('dash-rollout.gw.0-aaa111', 'gw', 'dash-dev', 'healthy'),
+      alloc('dash-rollout.gw.0-bbb222', 'gw', 'sim-canary-2', state === 'failed' ? 'unhealthy' : 'healthy'),
+      alloc('dash-rollout.edge.0-ccc333', 'edge', 'sim-edge-1', ''),
+    ],
+    counts: { desired: 50, placed: 50, pending: 0, running: 50, complete: 0, failed: 0 },
+    rollout: { version: 7, state, started_at: started, progress_at: now, groups, ...extra },
+    updated_at: now,
+  };
+}
+
+/** rolloutNumbers reads one group's counts as the page wrote them, in words and in data-*. */
+async function rolloutNumbers(page, group) {
+  const row = page.locator(`${sel('job-card', { job: 'dash-rollout' })} ${sel('rollout-group', { group })}`);
+  const cell = (id) => row.locator(sel(id)).textContent();
+  return {
+    healthy: await cell('rollout-healthy'), updated: await cell('rollout-updated'), total: await cell('rollout-total'),
+    unhealthy: await cell('rollout-unhealthy'), pendingOffline: await cell('rollout-pending-offline'),
+    canaries: (await cell('rollout-canaries')).trim(), bar: await row.locator(sel('rollout-bar')).getAttribute('aria-valuetext'),
+  };
+}
+
+async function followRollout(page, mqttPort, defer) {
+  const client = await mqtt.connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { protocolVersion: 4, clean: true, clientId: 'dash-rollout-' + process.pid, reconnectPeriod: 0 });
+  defer(() => client.endAsync());
+  const topic = 'tether/v1/jobs/dash-rollout/status';
+  const publish = (status) => client.publishAsync(topic, JSON.stringify(status), { qos: 1, retain: true });
+  const card = (state) => sel('job-card', { job: 'dash-rollout', rollout: state });
+  const rollout = (state) => `${card(state)} ${sel('job-rollout', { state, version: '7' })}`;
+
+  // Running: the canaries of gw are being updated; edge has no canaries,
+  // and one of its devices is offline.
+  await publish(rolloutStatus('running', [
+    { name: 'gw', total: 40, canaries: 2, updated: 2, healthy: 1, unhealthy: 0, pending_offline: 0 },
+    { name: 'edge', total: 10, updated: 3, healthy: 2, unhealthy: 0, pending_offline: 1 },
+  ], { description: 'updating the 2 canaries of gw' }));
+  await page.click(sel('tab-jobs'));
+  await page.fill(sel('job-search'), 'dash-rollout');
+  await page.waitForSelector(rollout('running'), { timeout: WAIT });
+  assert.equal(await page.textContent(`${rollout('running')} ${sel('rollout-state')}`), 'running');
+  assert.equal(await page.textContent(`${rollout('running')} ${sel('rollout-description')}`), 'updating the 2 canaries of gw');
+  assert.equal(await page.locator(`${rollout('running')} ${sel('rollout-promote')}`).count(), 0, 'a running rollout asks for no promotion');
+  assert.equal(await page.locator(`${rollout('running')} ${sel('rollout-reverted')}`).count(), 0);
+  assert.deepEqual(await rolloutNumbers(page, 'gw'), { healthy: '1', updated: '2', total: '40', unhealthy: '0', pendingOffline: '0',
+    canaries: '2 · not promoted', bar: '1 of 40 healthy, 2 updated, 2 canaries, not promoted' });
+  assert.deepEqual(await rolloutNumbers(page, 'edge'), { healthy: '2', updated: '3', total: '10', unhealthy: '0', pendingOffline: '1',
+    canaries: '—', bar: '2 of 10 healthy, 3 updated, 1 pending (offline)' });
+  // The health column: judged allocations say so; undecided ones do not.
+  const alloc = (id) => `${card('running')} ${sel('job-alloc', { alloc: id })} ${sel('alloc-health')}`;
+  assert.equal((await page.textContent(alloc('dash-rollout.gw.0-aaa111'))).trim(), 'healthy');
+  assert.equal((await page.textContent(alloc('dash-rollout.edge.0-ccc333'))).trim(), '—');
+  await shot(page, '05a-rollout-running');
+
+  // Paused: the canaries are healthy, and the page says how to promote.
+  await publish(rolloutStatus('paused', [
+    { name: 'gw', total: 40, canaries: 2, updated: 2, healthy: 2, unhealthy: 0, pending_offline: 0 },
+    { name: 'edge', total: 10, updated: 4, healthy: 4, unhealthy: 0, pending_offline: 1 },
+  ], { description: '2 canaries healthy: promote with `tether job promote dash-rollout`' }));
+  await page.waitForSelector(rollout('paused'), { timeout: WAIT });
+  assert.equal(await page.textContent(`${rollout('paused')} ${sel('rollout-state')}`), 'paused');
+  assert.match(await page.textContent(`${rollout('paused')} ${sel('rollout-promote')}`), /tether job promote dash-rollout/);
+  assert.deepEqual(await rolloutNumbers(page, 'gw'), { healthy: '2', updated: '2', total: '40', unhealthy: '0', pendingOffline: '0',
+    canaries: '2 · not promoted', bar: '2 of 40 healthy, 2 updated, 2 canaries, not promoted' });
+  await shot(page, '05b-rollout-paused');
+
+  // Failed after promotion: too many unhealthy, reverted to version 6.
+  await publish(rolloutStatus('failed', [
+    { name: 'gw', total: 40, canaries: 2, promoted: true, updated: 20, healthy: 14, unhealthy: 3, pending_offline: 2 },
+    { name: 'edge', total: 10, updated: 10, healthy: 9, unhealthy: 0, pending_offline: 0 },
+  ], { description: '3 of 20 updated allocations unhealthy: more than failure_ratio 0.1', reverted_to: 6 }));
+  await page.waitForSelector(rollout('failed'), { timeout: WAIT });
+  assert.equal(await page.textContent(`${rollout('failed')} ${sel('rollout-state')}`), 'failed');
+  assert.equal(await page.getAttribute(rollout('failed'), 'data-reverted-to'), '6');
+  assert.match(await page.textContent(`${rollout('failed')} ${sel('rollout-reverted', { version: '6' })}`), /Reverted to version 6\b/);
+  assert.equal(await page.locator(`${rollout('failed')} ${sel('rollout-promote')}`).count(), 0, 'a failed rollout asks for no promotion');
+  assert.deepEqual(await rolloutNumbers(page, 'gw'), { healthy: '14', updated: '20', total: '40', unhealthy: '3', pendingOffline: '2',
+    canaries: '2 · promoted', bar: '14 of 40 healthy, 20 updated, 3 unhealthy, 2 pending (offline), 2 canaries, promoted' });
+  assert.equal((await page.textContent(`${card('failed')} ${sel('job-alloc', { alloc: 'dash-rollout.gw.0-bbb222', health: 'unhealthy' })} ${sel('alloc-health')}`)).trim(), 'unhealthy');
+  await shot(page, '05c-rollout-failed');
+
+  // The overview marks the job, and only that one.
+  await page.click(sel('tab-overview'));
+  await page.waitForSelector(`${sel('overview-job', { job: 'dash-rollout' })} ${sel('overview-rollout', { state: 'failed' })}`, { timeout: WAIT });
+  assert.equal(await page.textContent(sel('overview-rollout')), 'rollout failed');
+  assert.equal(await page.locator(sel('overview-rollout')).count(), 1, 'jobs without a rollout are not marked');
+  await shot(page, '05d-rollout-overview');
+
+  // An empty retained payload deletes the status, and the job goes.
+  await client.publishAsync(topic, '', { qos: 1, retain: true });
+  await page.waitForSelector(sel('overview-job', { job: 'dash-rollout' }), { state: 'detached', timeout: WAIT });
+  await page.click(sel('tab-jobs'));
+  await page.fill(sel('job-search'), '');
+}
 
 // SIM is how many synthetic devices the load test publishes.
 const SIM = 10_000;
