@@ -195,7 +195,8 @@ async function followRollout(page, mqttPort, defer) {
   const rollout = (state) => `${card(state)} ${sel('job-rollout', { state, version: '7' })}`;
 
   // Running: the canaries of gw are being updated; edge has no canaries,
-  // and one of its devices is offline.
+  // and one of its devices is offline. As the planner counts, updated
+  // includes the healthy, unhealthy and pending (offline) allocations.
   await publish(rolloutStatus('running', [
     { name: 'gw', total: 40, canaries: 2, updated: 2, healthy: 1, unhealthy: 0, pending_offline: 0 },
     { name: 'edge', total: 10, updated: 3, healthy: 2, unhealthy: 0, pending_offline: 1 },
@@ -220,13 +221,15 @@ async function followRollout(page, mqttPort, defer) {
   // Paused: the canaries are healthy, and the page says how to promote.
   await publish(rolloutStatus('paused', [
     { name: 'gw', total: 40, canaries: 2, updated: 2, healthy: 2, unhealthy: 0, pending_offline: 0 },
-    { name: 'edge', total: 10, updated: 4, healthy: 4, unhealthy: 0, pending_offline: 1 },
+    { name: 'edge', total: 10, updated: 5, healthy: 4, unhealthy: 0, pending_offline: 1 },
   ], { description: '2 canaries healthy: promote with `tether job promote dash-rollout`' }));
   await page.waitForSelector(rollout('paused'), { timeout: WAIT });
   assert.equal(await page.textContent(`${rollout('paused')} ${sel('rollout-state')}`), 'paused');
   assert.match(await page.textContent(`${rollout('paused')} ${sel('rollout-promote')}`), /tether job promote dash-rollout/);
   assert.deepEqual(await rolloutNumbers(page, 'gw'), { healthy: '2', updated: '2', total: '40', unhealthy: '0', pendingOffline: '0',
     canaries: '2 · not promoted', bar: '2 of 40 healthy, 2 updated, 2 canaries, not promoted' });
+  assert.deepEqual(await rolloutNumbers(page, 'edge'), { healthy: '4', updated: '5', total: '10', unhealthy: '0', pendingOffline: '1',
+    canaries: '—', bar: '4 of 10 healthy, 5 updated, 1 pending (offline)' });
   await shot(page, '05b-rollout-paused');
 
   // Failed after promotion: too many unhealthy, reverted to version 6.

@@ -145,7 +145,8 @@ test('a job status with a rollout: marker, bar parts and words', () => {
   assert.equal(j.allocations[0].health, 'healthy');
   assert.equal(rolloutMark(j), 'paused');
   assert.equal(f.jobBriefs()[0].rollout.state, 'paused', 'the overview lists the status, with its rollout');
-  // Golden: total 40, canaries 2, updated 2, healthy 2, pending (offline) 1.
+  // Golden: total 40, canaries 2, updated 2, healthy 2, pending (offline) 1:
+  // more than updated, so the bar counts 3 reached.
   const g = j.rollout.groups[0];
   assert.deepEqual(rolloutParts(g), { total: 40, healthy: 2, updating: 0, unhealthy: 0, pendingOffline: 1, waiting: 37 });
   assert.equal(rolloutText(g), '2 of 40 healthy, 2 updated, 1 pending (offline), 2 canaries, not promoted');
@@ -161,7 +162,9 @@ test('rollout bar parts are disjoint and never pass the end of the bar', () => {
   const sum = (p) => p.healthy + p.updating + p.unhealthy + p.pendingOffline + p.waiting;
   const cases = [
     // [group, parts]
-    [{ total: 10, updated: 5, healthy: 3, unhealthy: 1, pending_offline: 2 }, { total: 10, healthy: 3, updating: 1, unhealthy: 1, pendingOffline: 2, waiting: 3 }],
+    // Updated counts the healthy, unhealthy and pending (offline) ones too.
+    [{ total: 10, updated: 7, healthy: 3, unhealthy: 1, pending_offline: 2 }, { total: 10, healthy: 3, updating: 1, unhealthy: 1, pendingOffline: 2, waiting: 3 }],
+    [{ total: 10, updated: 3, healthy: 0, unhealthy: 0, pending_offline: 3 }, { total: 10, healthy: 0, updating: 0, unhealthy: 0, pendingOffline: 3, waiting: 7 }],
     [{ total: 4, updated: 4, healthy: 4, unhealthy: 0, pending_offline: 0 }, { total: 4, healthy: 4, updating: 0, unhealthy: 0, pendingOffline: 0, waiting: 0 }],
     [{ name: 'new', total: 0, updated: 0, healthy: 0, unhealthy: 0, pending_offline: 0 }, { total: 0, healthy: 0, updating: 0, unhealthy: 0, pendingOffline: 0, waiting: 0 }],
     // Counts that do not add up (a status from a newer planner, say): the bar grows, never overflows.

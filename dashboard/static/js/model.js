@@ -367,18 +367,20 @@ export function rolloutMark(j) {
 /**
  * rolloutParts splits one group of a rollout (protocol.RolloutGroup) into
  * the disjoint parts its progress bar draws, in this order: healthy,
- * updating (updated, health not decided yet), unhealthy, pending (offline),
- * waiting (not updated yet). Healthy and unhealthy allocations are counted
- * in updated; pending (offline) ones are not: their device has not reported
- * the version (see the protocol's golden jobstatus-rollout.json). Counts
- * that do not add up are clamped, never drawn past the bar's end.
+ * updating (updated, health not decided yet, device online), unhealthy,
+ * pending (offline), waiting (not updated yet). Updated counts healthy,
+ * unhealthy and pending (offline) allocations too: the planner counts an
+ * allocation updated while its device is offline as pending until edged
+ * judges it (planner/core). Counts that do not add up (the protocol's golden
+ * jobstatus-rollout.json has updated 2, healthy 2, pending 1) are clamped:
+ * the bar grows, never past its end, and no part is negative.
  */
 export function rolloutParts(g) {
   const n = (x) => Math.max(0, x | 0);
   const healthy = n(g.healthy);
   const unhealthy = n(g.unhealthy);
   const pendingOffline = n(g.pending_offline);
-  const updating = Math.max(0, n(g.updated) - healthy - unhealthy);
+  const updating = Math.max(0, n(g.updated) - healthy - unhealthy - pendingOffline);
   const reached = healthy + updating + unhealthy + pendingOffline;
   const total = Math.max(n(g.total), reached);
   return { total, healthy, updating, unhealthy, pendingOffline, waiting: total - reached };
