@@ -41,7 +41,7 @@ func goldenMessages() map[string]any {
 			Allocs: []AllocSummary{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07", Version: 3, State: AllocRunning, Health: Healthy}},
 			Counts: PlacementCounts{Desired: 1, Placed: 1, Running: 1},
 			Rollout: &Rollout{Version: 3, State: RolloutPaused, Description: "canaries healthy: waiting for promotion", StartedAt: at, ProgressAt: at,
-				Groups: []RolloutGroup{{Name: "web", Total: 40, Canaries: 2, Updated: 2, Healthy: 2, PendingOffline: 1}}}, UpdatedAt: at},
+				Groups: []RolloutGroup{{Name: "web", Total: 40, Canaries: 2, Updated: 3, Healthy: 2, PendingOffline: 1}}}, UpdatedAt: at},
 		"promote":    Promote{Job: "hello", Version: 3},
 		"scheduling": Scheduling{Device: "pi-07", Eligible: false, Drain: true},
 		"history": JobHistory{Job: "hello", Versions: []JobVersionEntry{{Version: 2, SubmittedAt: at, Digest: "ab12", Stable: true,

@@ -145,11 +145,10 @@ test('a job status with a rollout: marker, bar parts and words', () => {
   assert.equal(j.allocations[0].health, 'healthy');
   assert.equal(rolloutMark(j), 'paused');
   assert.equal(f.jobBriefs()[0].rollout.state, 'paused', 'the overview lists the status, with its rollout');
-  // Golden: total 40, canaries 2, updated 2, healthy 2, pending (offline) 1:
-  // more than updated, so the bar counts 3 reached.
+  // Golden: total 40, canaries 2, updated 3 (2 healthy, 1 pending offline).
   const g = j.rollout.groups[0];
   assert.deepEqual(rolloutParts(g), { total: 40, healthy: 2, updating: 0, unhealthy: 0, pendingOffline: 1, waiting: 37 });
-  assert.equal(rolloutText(g), '2 of 40 healthy, 2 updated, 1 pending (offline), 2 canaries, not promoted');
+  assert.equal(rolloutText(g), '2 of 40 healthy, 3 updated, 1 pending (offline), 2 canaries, not promoted');
 
   for (const [state, mark] of [['running', 'running'], ['paused', 'paused'], ['failed', 'failed'], ['successful', ''], ['', ''], [undefined, '']]) {
     assert.equal(rolloutMark({ rollout: { state } }), mark, String(state));
