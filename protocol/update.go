@@ -246,9 +246,9 @@ type RolloutGroup struct {
 	Updated   int `json:"updated"`
 	Healthy   int `json:"healthy"`
 	Unhealthy int `json:"unhealthy"`
-	// PendingOffline counts allocations updated while their device was
-	// offline, and not reported since: the device applies the version
-	// when it returns.
+	// PendingOffline counts the allocations among Updated whose device is
+	// offline and whose health is undecided: the device applies the
+	// version when it returns.
 	PendingOffline int `json:"pending_offline"`
 }
 
