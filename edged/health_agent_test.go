@@ -130,15 +130,22 @@ func (r *healthRig) waitReport(what string, cond func(protocol.Reported) bool) i
 	return found
 }
 
-// healthEvents returns the health events of alloc, in order.
-func (r *healthRig) healthEvents(alloc string) []protocol.Event {
-	_, evs := r.seen()
+// healthEvents waits for n health events of alloc (the outbox sends the
+// newest report before older events) and returns all that arrived, in
+// order.
+func (r *healthRig) healthEvents(alloc string, n int) []protocol.Event {
+	r.t.Helper()
 	var out []protocol.Event
-	for _, e := range evs {
-		if e.Alloc == alloc && (e.Type == eventAllocHealthy || e.Type == eventAllocUnhealthy) {
-			out = append(out, e)
+	eventually(r.t, fmt.Sprintf("%d health events of %s", n, alloc), func() bool {
+		_, evs := r.seen()
+		out = nil
+		for _, e := range evs {
+			if e.Alloc == alloc && (e.Type == eventAllocHealthy || e.Type == eventAllocUnhealthy) {
+				out = append(out, e)
+			}
 		}
-	}
+		return len(out) >= n
+	})
 	return out
 }
 
@@ -251,11 +258,11 @@ func TestHealthyAfterMinHealthyTime(t *testing.T) {
 			t.Fatalf("an allocation without a health policy reported health %q", p.Health)
 		}
 	}
-	evs := r.healthEvents(judged)
+	evs := r.healthEvents(judged, 1)
 	if len(evs) != 1 || evs[0].Type != eventAllocHealthy || evs[0].Job != "web" || !strings.Contains(evs[0].Message, "job version 1") {
 		t.Fatalf("health events %+v, want one alloc_healthy for job version 1", evs)
 	}
-	if evs := r.healthEvents(plain); len(evs) != 0 {
+	if evs := r.healthEvents(plain, 0); len(evs) != 0 {
 		t.Fatalf("health events for an allocation without a policy: %+v", evs)
 	}
 }
@@ -282,7 +289,7 @@ func TestRestartBeforeMinHealthyTimeIsUnhealthy(t *testing.T) {
 			t.Fatalf("report %d: %+v; want no health before report %d and unhealthy from it on", i, rep.Allocations, bad)
 		}
 	}
-	evs := r.healthEvents(id)
+	evs := r.healthEvents(id, 1)
 	if len(evs) != 1 || evs[0].Type != eventAllocUnhealthy || !strings.Contains(evs[0].Message, "task app restarted") {
 		t.Fatalf("health events %+v, want one alloc_unhealthy saying the task restarted", evs)
 	}
@@ -333,7 +340,7 @@ func TestHealthyDeadlineWithTaskNeverStarted(t *testing.T) {
 	if !appRan {
 		t.Fatal("no report showed the task that runs running before the deadline")
 	}
-	evs := r.healthEvents(id)
+	evs := r.healthEvents(id, 1)
 	if len(evs) != 1 || evs[0].Type != eventAllocUnhealthy || !strings.Contains(evs[0].Message, "healthy_deadline") || !strings.Contains(evs[0].Message, "side pending") {
 		t.Fatalf("health events %+v, want one alloc_unhealthy naming the deadline and the pending task", evs)
 	}
@@ -375,7 +382,7 @@ func TestInPlaceVersionBumpJudgedAfresh(t *testing.T) {
 	if len(after) != 1 || after[0].ID != before[0].ID || !after[0].StartedAt.Equal(before[0].StartedAt) || after[0].State != driver.StateRunning {
 		t.Fatalf("instances after the bump %+v, want %s untouched", after, before[0].ID)
 	}
-	evs := r.healthEvents(id)
+	evs := r.healthEvents(id, 2)
 	if len(evs) != 2 || evs[0].Type != eventAllocHealthy || evs[1].Type != eventAllocHealthy ||
 		!strings.Contains(evs[0].Message, "job version 1") || !strings.Contains(evs[1].Message, "job version 2") {
 		t.Fatalf("health events %+v, want alloc_healthy for version 1 then 2", evs)
@@ -425,6 +432,7 @@ func TestHealthVerdictsSurviveRestart(t *testing.T) {
 	isNew := func(rep protocol.Reported) bool { return rep.Seq > lastSeq }
 	r.waitReport("steady healthy after the restart", func(rep protocol.Reported) bool { return isNew(rep) && is(rep, steady, 1, protocol.Healthy) })
 	waitRanFine(t, r, ra, bad, 2*minHealthy)
+	badEvents, steadyEvents := r.healthEvents(bad, 1), r.healthEvents(steady, 1)
 	ra.stop()
 
 	reps, _ := r.seen()
@@ -433,10 +441,10 @@ func TestHealthVerdictsSurviveRestart(t *testing.T) {
 			t.Fatalf("report %d of the new run: %+v; want bad unhealthy and steady healthy throughout", i, rep.Allocations)
 		}
 	}
-	if evs := r.healthEvents(bad); len(evs) != 1 || evs[0].Type != eventAllocUnhealthy {
+	if evs := badEvents; len(evs) != 1 || evs[0].Type != eventAllocUnhealthy {
 		t.Fatalf("health events of bad %+v, want only the one alloc_unhealthy of the first run", evs)
 	}
-	if evs := r.healthEvents(steady); len(evs) != 1 || evs[0].Type != eventAllocHealthy {
+	if evs := steadyEvents; len(evs) != 1 || evs[0].Type != eventAllocHealthy {
 		t.Fatalf("health events of steady %+v, want one alloc_healthy", evs)
 	}
 	if got := r.rt.Instances(); len(got) != len(instances) || got[0].ID != instances[0].ID || got[1].ID != instances[1].ID {
