@@ -8,6 +8,29 @@
 // It publishes presence (birth and last will), facts, observed state and
 // task events.
 //
+// Health: an allocation whose desired entry carries a HealthPolicy (its
+// group rolls out with an update block) is judged per job version, and
+// the verdict is reported in AllocStatus.Health, with an alloc_healthy or
+// alloc_unhealthy event when it is reached. The judgement of a version
+// begins in the pass where edged begins applying it; it is healthy once
+// every task runs and has run, without a restart, for min_healthy_time
+// since the later of that moment and the task's start (a completed task
+// of a run-to-completion type counts at once), and unhealthy if first a
+// task fails, or restarts (its restart count rises above what it was when
+// the judgement began, or another instance runs than the one seen), or
+// healthy_deadline passes. A version bump that leaves the tasks running
+// (an in-place update) is judged afresh from the bump. Verdicts are
+// sticky until the job version changes. Only edged's own clock is used:
+// its monotonic clock while it runs; across a restart, the wall-clock
+// time the judgement began, stored with the verdicts in edged.db, and the
+// runtime's start times (taken as the next whole second when the runtime
+// reports whole seconds, so never early). The pure judge decides; the
+// worker wakes itself when the earliest pending judgement can next be
+// decided (min_healthy_time or the deadline elapsing), so there is no
+// polling. While stop_after keeps an allocation stopped it is not judged,
+// and the instance started when it resumes is not a restart; its
+// deadline still runs.
+//
 // Concurrency: one worker goroutine owns reconciliation and the local
 // state; MQTT handlers and driver watchers only wake it; one publisher
 // goroutine sends reports and events so the worker never waits on the
