@@ -132,13 +132,14 @@ func judge(h healthRecord, p protocol.HealthPolicy, typ protocol.JobType, seen [
 		return h, time.Time{}
 	}
 
-	ready := true
+	ready, runs := true, false
 	healthyAt := h.Began
 	var waiting []string
 	for _, s := range seen {
 		switch {
 		case s.State == protocol.TaskComplete && typ.RunsToCompletion():
 		case s.State == protocol.TaskRunning:
+			runs = true
 			healthyAt = later(healthyAt, later(h.Began, s.Since).Add(minHealthy))
 		default:
 			ready = false
@@ -147,7 +148,7 @@ func judge(h healthRecord, p protocol.HealthPolicy, typ protocol.JobType, seen [
 	}
 	if ready && !healthyAt.After(now) && !healthyAt.After(due) {
 		h.Health = protocol.Healthy
-		if healthyAt.Equal(h.Began) {
+		if !runs {
 			h.Reason = "complete"
 		} else {
 			h.Reason = "every task running for min_healthy_time " + minHealthy.String()
@@ -290,7 +291,7 @@ func (a *Agent) judgeHealth(desired *protocol.Desired, allocs []protocol.AllocSt
 		if !at.IsZero() {
 			wake = earliest(wake, at)
 		}
-		if h.Health == "" && next.Health != "" {
+		if next.Health != "" {
 			typ := eventAllocHealthy
 			if next.Health == protocol.Unhealthy {
 				typ = eventAllocUnhealthy

@@ -17,9 +17,11 @@ import (
 const stateSchema = 1
 
 var (
-	bkMeta   = []byte("meta")
-	bkTasks  = []byte("tasks")
-	bkHealth = []byte("health") // healthRecord by allocation id
+	bkMeta  = []byte("meta")
+	bkTasks = []byte("tasks")
+	// bkHealth holds healthRecord by allocation id. It came without a new
+	// schema: an older database simply has none yet.
+	bkHealth = []byte("health")
 	bkOutbox = []byte("outbox")
 	bkOutIdx = []byte("outbox_index")
 	kSchema  = []byte("schema")
