@@ -17,11 +17,9 @@ import (
 const stateSchema = 1
 
 var (
-	bkMeta  = []byte("meta")
-	bkTasks = []byte("tasks")
-	// bkHealth holds healthRecord by allocation id. It came without a new
-	// schema: an older database simply has none yet.
-	bkHealth = []byte("health")
+	bkMeta   = []byte("meta")
+	bkTasks  = []byte("tasks")
+	bkHealth = []byte("health") // healthRecord by alloc id; new in schema 1, created on open
 	bkOutbox = []byte("outbox")
 	bkOutIdx = []byte("outbox_index")
 	kSchema  = []byte("schema")
