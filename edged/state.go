@@ -19,7 +19,7 @@ const stateSchema = 1
 var (
 	bkMeta   = []byte("meta")
 	bkTasks  = []byte("tasks")
-	bkHealth = []byte("health") // healthRecord by alloc id; new in schema 1, created on open
+	bkHealth = []byte("health") // healthRecord by alloc id; added without a schema bump: created on open
 	bkOutbox = []byte("outbox")
 	bkOutIdx = []byte("outbox_index")
 	kSchema  = []byte("schema")
