@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tether-edge/tether/edged/driver"
 	"github.com/tether-edge/tether/protocol"
 )
 
@@ -144,5 +145,35 @@ func TestStartedOnMonotonic(t *testing.T) {
 	}
 	if got := startedOnMonotonic(time.Time{}, now); !got.Equal(now) {
 		t.Errorf("unknown start: %v, want now", got)
+	}
+}
+
+// TestSuspendedNotJudged: while stop_after keeps an allocation stopped it
+// gets no verdict, and the instance started when it resumes is not taken
+// for a restart.
+func TestSuspendedNotJudged(t *testing.T) {
+	a := svcTask("a")
+	d := desiredWith(protocol.JobService, a)
+	d.Allocations[0].Health = &protocol.HealthPolicy{MinHealthyTime: protocol.Duration(time.Hour), HealthyDeadline: protocol.Duration(2 * time.Hour)}
+	id := d.Allocations[0].ID
+	k := taskKey(id, "a")
+	recs := map[string]taskRecord{k: {SpecHash: instanceHash(d.Allocations[0], a), JobVersion: 1}}
+	ag := &Agent{health: map[string]healthRecord{}, since: map[string]time.Time{}}
+	first := inst(a, driver.StateRunning, 0)
+	ag.beginHealth(d, []observed{first}, recs, time.Now())
+	if got := ag.health[id].Tasks["a"].Incarnation; got != incarnation(first.Instance) {
+		t.Fatalf("baseline instance %q, want the running one", got)
+	}
+	allocs := buildReport(d, nil, recs, listed, listed, time.Now())
+	evs, wake := ag.judgeHealth(d, allocs, nil, recs, map[string]string{id: "stopped: no server"})
+	if len(evs) != 0 || !wake.IsZero() || allocs[0].Health != "" || ag.health[id].Tasks["a"].Incarnation != "" {
+		t.Fatalf("suspended: events %+v wake %v health %q record %+v", evs, wake, allocs[0].Health, ag.health[id])
+	}
+	second := first
+	second.ID, second.StartedAt = "c-a2", time.Now()
+	allocs = buildReport(d, []observed{second}, recs, listed, listed, time.Now())
+	evs, wake = ag.judgeHealth(d, allocs, []observed{second}, recs, nil)
+	if len(evs) != 0 || wake.IsZero() || allocs[0].Health != "" {
+		t.Fatalf("resumed: events %+v wake %v health %q (%s)", evs, wake, allocs[0].Health, ag.health[id].Reason)
 	}
 }
