@@ -10,12 +10,11 @@ import (
 	"github.com/tether-edge/tether/protocol"
 )
 
-// Allocation health events. protocol names no event type for them yet;
-// these are the values edged publishes (Alloc and Job set, Task empty, the
-// job version and the reason in Message).
+// Allocation health events (Alloc and Job set, Task empty, the job version
+// and the reason in Message).
 const (
-	eventAllocHealthy   protocol.EventType = "alloc_healthy"
-	eventAllocUnhealthy protocol.EventType = "alloc_unhealthy"
+	eventAllocHealthy   = protocol.EventAllocHealthy
+	eventAllocUnhealthy = protocol.EventAllocUnhealthy
 )
 
 // healthRecord is edged's judgement of one allocation at one job version,

@@ -178,6 +178,12 @@ const (
 	// EventDropped says the device's outbox was full and its oldest events
 	// were dropped (reports are never dropped).
 	EventDropped EventType = "events_dropped"
+	// EventAllocHealthy and EventAllocUnhealthy carry edged's health
+	// verdict on an allocation of a group with an update block (Alloc and
+	// Job set, Task empty, the job version and the reason in Message). The
+	// report carries the verdict too; it is what the planner reads.
+	EventAllocHealthy   EventType = "alloc_healthy"
+	EventAllocUnhealthy EventType = "alloc_unhealthy"
 )
 
 // Event is one task lifecycle event, published with QoS 1, not retained.
