@@ -122,6 +122,17 @@ func allocID(job, group string, index int, suffix string) string {
 //     unplacedMessage.
 //   - Lost, Disconnected, LostByJob and NextEval describe the plan's
 //     allocations on devices that are not online; see Plan.
+//   - Rollouts. In a group of a service or system job with an update block,
+//     a destructive update (the tasks or type change) waits its turn:
+//     max_parallel minus the allocations in flight (at the job's version,
+//     on an online device, health undecided) and the missing instances,
+//     canaries first. What waits stays as it is and is listed in
+//     Plan.Deferred; Plan.Rollouts reports each rollout, and NextEval
+//     includes its progress deadline. New slots and in-place updates are
+//     never gated. See the package documentation.
+//   - Ineligible and draining devices get no new allocation; a draining
+//     device's service and batch allocations are stopped and placed
+//     elsewhere, max_parallel at a time with an update block. See drain.go.
 func Compute(s Snapshot, now time.Time) Plan {
 	return compute(s, now, nil)
 }
@@ -149,11 +160,6 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		}
 	}
 	p.route(byID)
-	if p.draining {
-		for _, gp := range groups {
-			p.drainPass(gp)
-		}
-	}
 	for _, gp := range groups {
 		p.keepPass(gp)
 	}
@@ -163,14 +169,25 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 	for _, gp := range groups {
 		p.updatePass(gp)
 	}
+	if p.draining {
+		for _, gp := range groups {
+			p.drainPass(gp)
+		}
+		p.dropStopped()
+	}
+	if p.rolling {
+		var chosen []chosenUpdate
+		for i := range jobs {
+			chosen = p.gateJob(&jobs[i], byID[jobs[i].Job.ID].groups, chosen)
+		}
+		p.applyUpdates(chosen)
+	}
 	for _, gp := range groups {
 		p.placePass(gp)
 	}
 	if p.rolling {
 		for i := range jobs {
-			if jp := byID[jobs[i].Job.ID]; len(jp.groups) > 0 {
-				p.rolloutJob(&jobs[i], jp.groups)
-			}
+			p.finishRollout(&jobs[i], byID[jobs[i].Job.ID].groups)
 		}
 	}
 
@@ -262,9 +279,9 @@ type planner struct {
 	dpresent, daway []int
 
 	// Rollouts and drain (rollout.go, drain.go).
-	rolling     bool           // some group has a rollout
-	draining    bool           // some device is draining
-	drained     map[int32]bool // allocations (index in allocs) leaving a draining device
+	rolling     bool // some group has a rollout
+	draining    bool // some device is draining
+	dropDrained bool // drainPass stopped kept or updated allocations (see dropStopped)
 	deferred    []deferral
 	rollouts    map[string]protocol.Rollout
 	rolloutEval time.Time // the earliest progress deadline of a running rollout
@@ -348,7 +365,8 @@ type groupPlan struct {
 	dcands      []cand         // their candidates
 	targets     map[int]string // free slot → id of the away allocation its replacement replaces
 
-	roll *rolloutGroup // nil without an update block (see rollout.go)
+	roll      *rolloutGroup // nil without an update block (see rollout.go)
+	drainable []drainRef    // kept allocations on draining devices (see drain.go)
 
 	status protocol.GroupStatus
 }
@@ -668,10 +686,6 @@ func (p *planner) keepPass(gp *groupPlan) {
 			c := cand{i: entries[k].i, di: entries[k].di}
 			a := &p.allocs[c.i]
 			d := p.devs[c.di]
-			if p.drained[c.i] {
-				p.stop = append(p.stop, *a) // its index moves off the draining device
-				continue
-			}
 			if st, ok := d.Reported[a.ID]; ok && st.JobVersion == a.JobVersion {
 				c.state = st.State
 			}
@@ -732,6 +746,7 @@ func (p *planner) judgeSlot(gp *groupPlan, slot int, cands []cand) {
 		p.keep = append(p.keep, cands[keepAt].i)
 		p.keepDev = append(p.keepDev, cands[keepAt].di)
 		p.count(gp, cands[keepAt].di, p.allocs[cands[keepAt].i].ID)
+		p.noteDrainable(gp, drainKept, len(p.keep)-1, slot, cands[keepAt], isTerminal(cands[keepAt].state))
 	case len(stale) > 0:
 		gp.take(slot)
 		gp.pending = append(gp.pending, pendingSlot{slot: slot, cands: stale})
@@ -750,11 +765,12 @@ func (p *planner) updatePass(gp *groupPlan) {
 				p.stop = append(p.stop, a)
 				continue
 			}
-			if gp.roll != nil && !gp.inPlace(&a) {
-				// A destructive update: the rollout decides (rolloutJob).
-				if updated = p.hold(gp, c, ps.slot, ""); !updated {
-					p.stop = append(p.stop, a)
-				}
+			if gp.roll != nil && !gp.inPlace(&a) && p.hold(gp, c, ps.slot, "") {
+				// A destructive update: the rollout decides (gateJob).
+				// One that cannot stay as it is goes on as without an
+				// update block.
+				p.noteDrainable(gp, drainHeld, len(gp.roll.held)-1, ps.slot, c, isTerminal(c.state))
+				updated = true
 				continue
 			}
 			u := a
@@ -768,6 +784,7 @@ func (p *planner) updatePass(gp *groupPlan) {
 			p.update = append(p.update, u)
 			p.updateDev = append(p.updateDev, c.di)
 			p.count(gp, c.di, u.ID)
+			p.noteDrainable(gp, drainUpdated, len(p.update)-1, ps.slot, c, p.terminalAt(c.di, u.ID, u.JobVersion))
 			updated = true
 		}
 		if !updated {

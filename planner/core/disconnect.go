@@ -168,6 +168,9 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 			// admitted it at its own demand.
 			h := &gp.roll.held[len(gp.roll.held)-1]
 			h.slot, h.mark = slot, mark
+			if target < 0 && mark == "" {
+				p.noteDrainable(gp, drainHeld, len(gp.roll.held)-1, slot, c.cand, h.terminal)
+			}
 			continue
 		case k == winner && updated != nil:
 			updated.Replaces = mark
@@ -184,6 +187,16 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 		}
 		if k == winner {
 			p.count(gp, c.di, a.ID) // the winner runs the job's version; frozen ones are not counted
+			if target < 0 && mark == "" {
+				// Nothing else left in the slot: the next plan sees an
+				// ordinary allocation, which a drain moves.
+				kind, pos, terminal := drainKept, len(p.keep)-1, isTerminal(c.state)
+				if updated != nil || mark != a.Replaces {
+					kind, pos = drainUpdated, len(p.update)-1
+					terminal = p.terminalAt(c.di, a.ID, gp.job.Version)
+				}
+				p.noteDrainable(gp, kind, pos, slot, c.cand, terminal)
+			}
 		}
 	}
 	switch {
@@ -241,15 +254,11 @@ func (p *planner) resolve(gp *groupPlan, info []dcand, idx []int, related bool) 
 	}
 	for n, k := range stale {
 		c := info[k].cand
-		if gp.roll != nil && !gp.inPlace(&p.allocs[c.i]) {
-			if p.hold(gp, c, -1, "") {
-				for _, rest := range stale[n+1:] {
-					p.stop = append(p.stop, p.allocs[info[rest].i])
-				}
-				return k, nil, true
+		if gp.roll != nil && !gp.inPlace(&p.allocs[c.i]) && p.hold(gp, c, -1, "") {
+			for _, rest := range stale[n+1:] {
+				p.stop = append(p.stop, p.allocs[info[rest].i])
 			}
-			p.stop = append(p.stop, p.allocs[c.i])
-			continue
+			return k, nil, true
 		}
 		u := p.allocs[c.i]
 		u.JobVersion = gp.job.Version

@@ -10,7 +10,7 @@
 //
 // # Flow
 //
-// Compute runs four passes over the jobs in job-id order, groups in
+// Compute runs its passes over the jobs in job-id order, groups in
 // document order, so that existing allocations reserve their resources
 // before anything new is placed and bin packing stays stable:
 //
@@ -28,7 +28,8 @@
 //     version (or whose type or tasks differ from the job's) becomes an
 //     update candidate. When several allocations claim one slot (an index,
 //     or a device for system and sysbatch groups) only one survives; see
-//     judgeSlot.
+//     judgeSlot. Ineligible and draining devices keep their allocations
+//     here (see Drain).
 //  2. Disconnect. The slots keepPass set aside because they hold a lost
 //     allocation of a group that replaces, or an allocation with a Replaces
 //     mark, are judged by judgeDisconnect (disconnect.go), after every other
@@ -39,23 +40,34 @@
 //     same id, same device, if the new demand fits there and the distinct
 //     constraints allow it (its old reservation was never taken); otherwise
 //     it is stopped and its slot becomes free again. A new version re-runs a
-//     complete batch or sysbatch allocation.
-//  4. Place. Every free slot is placed: indices [0,count) of service and
+//     complete batch or sysbatch allocation. In a group with an update block
+//     a destructive update (the tasks or type change) is not made here: the
+//     allocation is held at its own demand, as if kept, for the rollout.
+//  4. Drain. Allocations of service and batch groups on draining devices
+//     are stopped, max_parallel at a time, and their slots freed (drain.go).
+//  5. Rollout. For each job, gateJob picks the held allocations its
+//     groups' rollouts let through now; applyUpdates updates them as step 3
+//     does (one that does not fit its device stops and its slot is freed).
+//     The others stay as they are, in Plan.Deferred (rollout.go).
+//  6. Place. Every free slot is placed: indices [0,count) of service and
 //     batch groups on the best device (see ranker.go), a replacement naming
 //     the lost allocation it replaces, and one allocation (index 0) of each
 //     system and sysbatch group on every feasible device that has none yet
 //     and room for it.
+//  7. Rollout state. finishRollout computes every rollout (Plan.Rollouts)
+//     from the allocations of the plan.
 //
 // Placing one slot is feasibility, then resources, then ranking:
 //
 //   - Feasibility is a chain of one-method checkers (checker), each giving a
 //     reason when the device does not qualify, in this order: "no facts
-//     yet", "offline", "lack driver X", then each constraint other than the
-//     distinct ones, in document order ("constraint ${device.arch} =
-//     arm64", "constraint ${device.cpu.cores} >= 4"), then "lack device X"
-//     for a device resource the device does not report at all. These depend
-//     only on the device and the group, so they run once per device and
-//     group signature. Then the checks that depend on what is placed:
+//     yet", "offline", "ineligible" (Device.Ineligible or Draining), "lack
+//     driver X", then each constraint other than the distinct ones, in
+//     document order ("constraint ${device.arch} = arm64", "constraint
+//     ${device.cpu.cores} >= 4"), then "lack device X" for a device resource
+//     the device does not report at all. These depend only on the device and
+//     the group (presence and eligibility are cheap), so the others run once
+//     per device and group signature. Then the checks that depend on what is placed:
 //     "distinct_hosts" (the device runs an instance of the group already)
 //     and "distinct_property ${device.labels.site}" (the value has its share
 //     of instances, or the device lacks the attribute). Constraint operators
@@ -101,6 +113,101 @@
 // becomes lost, so that the shell can plan again then without polling. See
 // Compute for the rules.
 //
+// # Rollouts
+//
+// A group of a service or system job with an update block
+// (protocol.Update; Compute ignores one on batch and sysbatch groups, which
+// validation refuses) rolls new versions out, after Nomad's update block,
+// with health from edged: an allocation's health is
+// Device.Reported[id].Health when the report is about the allocation's
+// version (reported failed without a verdict counts as unhealthy), else
+// undecided. An allocation is in flight while it runs the job's version on
+// an online device and its health is undecided. The rules, per group:
+//
+//   - New slots (initial placement, a raised count, replacements of lost
+//     allocations, drain moves) are placed at once at the job's version,
+//     and in-place updates (only the version changes: the tasks and type
+//     are the job's, edged restarts nothing) are made at once: never gated.
+//   - A destructive update (the tasks or type change) is gated. budget =
+//     max_parallel − in flight − missing instances (free slots of a service
+//     group, feasible devices without a system group's allocation: they will
+//     be placed, in this plan or when room appears), never below 0. The
+//     held allocations are taken in device, then id order: each on an
+//     online device takes one unit of budget, and waits ("max_parallel 2:
+//     2 updating") when none is left.
+//   - Canaries. While the version is not promoted for the group
+//     (RolloutGroup.Promoted in Job.Rollout) and the group wants canaries,
+//     at most Canary of its allocations (no more than it has) may run the
+//     job's version, placements included; canaries go to online devices
+//     only, the rest waits ("awaiting promotion: 2 canaries"). A group wants
+//     canaries when the first plan of the version found allocations to
+//     update destructively (RolloutGroup.Canaries carries it from plan to
+//     plan; an initial placement has none). Once every allocation at the
+//     version is healthy, auto_promote promotes the group and the rollout
+//     goes on in the same plan; otherwise the rollout pauses until the
+//     operator promotes (the shell sets Promoted).
+//   - Offline devices. With offline: skip (the default), once past the
+//     canaries, an allocation on an offline device is updated at once
+//     without taking budget: the device applies it when it returns; it is
+//     counted in RolloutGroup.PendingOffline until the device reports its
+//     health. With offline: wait it waits ("device offline (offline:
+//     wait)") until the device is online, then takes budget like any other.
+//   - An update whose new demand does not fit its device stops the
+//     allocation (taking its unit of budget) and its slot is placed again,
+//     counted missing until it is; except where nothing could be placed
+//     again (a system group's device that is offline or ineligible, or an
+//     offline device once the budget is spent): it stays as it is. An
+//     allocation the snapshot over-commits (it does not fit as it is) is
+//     updated at once when the new demand fits, as without an update block.
+//     Allocations of a service group on a draining device are not updated:
+//     the drain moves them.
+//   - Everything not updated stays as it is: old version and tasks, in
+//     Plan.Allocations (Keep), its demand reserved, listed in Plan.Deferred.
+//
+// Plan.Rollouts has the rollout of every job that is not stopped and has a
+// group with an update block, groups in document order:
+//
+//   - StartedAt and ProgressAt come from Job.Rollout when it is of the
+//     job's version, else now. ProgressAt moves to now when the job's
+//     healthy allocations grew since Job.Rollout, and while none is in
+//     flight (the deadline only runs while allocations update, so a rollout
+//     that waited for an offline device or a promotion gets all of it).
+//   - Total is GroupStatus.Desired; Updated counts the allocations running
+//     the job's version (but lost ones frozen for the disconnect policy),
+//     Healthy and Unhealthy those with that verdict, PendingOffline the
+//     undecided ones on devices that are not online (offline: skip only).
+//   - Failed, for good for the version, when a group's abort threshold is
+//     crossed (protocol.UpdatePolicy.Aborts: "3 of 20 updated allocations
+//     unhealthy (abort above 10%)") or allocations are in flight at
+//     ProgressAt + progress_deadline ("no allocation became healthy within
+//     progress_deadline 10m0s"). A failed rollout updates nothing
+//     destructively; in-place updates and placements go on. Auto_revert is
+//     the shell's.
+//   - Successful, for good too, once no group has an allocation left at an
+//     older version and every allocation at the version is healthy, but
+//     those pending on offline devices (offline: skip).
+//   - Paused while a group awaits promotion, else running; Description says
+//     why.
+//
+// Plan.NextEval includes ProgressAt + progress_deadline while a rollout is
+// running with allocations in flight, so that the shell plans again for
+// the deadline without polling.
+//
+// # Drain
+//
+// An ineligible or draining device gets no new allocation; what it runs
+// stays, except that a draining device sheds its service and batch
+// allocations: each is stopped and its slot placed elsewhere. Without an
+// update block a group's go all at once; with one, at most max_parallel
+// minus the group's instances that are not ready: allocations at the job's
+// version on an online device with undecided health, and missing
+// instances. Moving an allocation that is not ready itself is free; the
+// others go in device, then id order. System and sysbatch allocations stay
+// on a draining device (they run on every device; Nomad drains them last,
+// here the operator removes the device), and so does a batch allocation
+// reported complete. Allocations of a disconnect slot (lost, or replacing a
+// lost one) are left to the disconnect policy.
+//
 // # Buckets
 //
 // Plan.Keep, Plan.Update, Plan.Stop and Plan.Place partition the outcome the
@@ -108,7 +215,8 @@
 // Every slice is sorted by device, then id. Feeding Plan.Allocations back as
 // Snapshot.Allocations with unchanged jobs and devices, at the same now,
 // yields a plan with nothing to place, update or stop, and the same
-// allocations, Replaces marks included.
+// allocations, Replaces marks included; with the plan's rollouts passed
+// back as Job.Rollout, also the same rollouts and deferred updates.
 //
 // # Limits of this version
 //

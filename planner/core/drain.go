@@ -12,20 +12,22 @@ import (
 // the "ineligible" feasibility check: it gets no new allocation, and what it
 // runs stays. A draining device also sheds the allocations of its service
 // and batch groups: each is stopped so that placePass places its index
-// elsewhere, at most the group's max_parallel per plan when the group has
-// an update block, all at once otherwise. System and sysbatch allocations
-// stay (they run on every device; Nomad drains them last, here the operator
-// removes the device), and so does a batch allocation reported complete.
+// elsewhere. System and sysbatch allocations stay (they run on every
+// device; Nomad drains them last, here the operator removes the device), and
+// so does a batch allocation reported complete. Allocations of a disconnect
+// slot (a lost allocation of a group that replaces, or one with a Replaces
+// mark) are left to the disconnect policy.
 //
-// drainPass picks them before keepPass, from the snapshot: of a group's
-// allocations on draining devices, in device then id order, as many as
-// max_parallel minus the group's instances that are not ready: allocations
-// at the job's version on an online device whose health is undecided, and
-// instances missing (count minus the indices held). An instance moved by
-// the drain is one or the other until it is healthy, so the next plan
-// drains no more until it is. Allocations of a disconnect slot (a lost
-// allocation of a group that replaces, or one with a Replaces mark) are
-// left to the disconnect policy.
+// drainPass decides after updatePass, when the group's surviving
+// allocations are known: kept, updated, or held for its rollout. Without an
+// update block a group's allocations leave all at once. With one, at most
+// max_parallel minus the group's instances that are not ready leave per
+// plan: the group's allocations at the job's version on an online device
+// whose health is undecided, and its missing instances (count minus the
+// slots held). An instance that leaves is one or the other until it is
+// healthy elsewhere, so the next plan moves no more until it is. Moving an
+// allocation that is not ready itself costs nothing (it stays not ready);
+// the others are taken in device then id order.
 
 // movesOnDrain reports whether the group's allocations leave a draining
 // device.
@@ -33,60 +35,104 @@ func (gp *groupPlan) movesOnDrain() bool {
 	return gp.typ == protocol.JobService || gp.typ == protocol.JobBatch
 }
 
-// drainPass marks in p.drained the allocations of a group that leave their
-// draining device in this plan.
+// drainRef is an allocation of the plan on a draining device, as keepPass
+// or judgeDisconnect left it.
+type drainRef struct {
+	kind     drainKind
+	pos      int   // in planner.keep, planner.update or the group's held
+	i, di    int32 // the allocation (index in planner.allocs) and its device
+	slot     int
+	terminal bool // reserves nothing
+}
+
+type drainKind uint8
+
+const (
+	drainKept    drainKind = iota // kept: planner.keep[pos]
+	drainUpdated                  // updated, or its mark cleared: planner.update[pos]
+	drainHeld                     // awaiting a destructive update: held[pos]
+)
+
+// noteDrainable records an allocation of the plan that may have to leave
+// its draining device: the survivor of a slot (for a disconnect slot, only
+// once nothing else is left in it, as the next plan sees it).
+func (p *planner) noteDrainable(gp *groupPlan, kind drainKind, pos, slot int, c cand, terminal bool) {
+	if p.draining && gp.movesOnDrain() && p.devs[c.di].Draining && !gp.done(c) {
+		gp.drainable = append(gp.drainable, drainRef{kind: kind, pos: pos, i: c.i, di: c.di, slot: slot, terminal: terminal})
+	}
+}
+
+// drainPass moves a group's allocations off draining devices (see above).
+// Stopped allocations are marked in planner.keep (-1) and planner.update (no
+// id), and removed by dropStopped once every group is done.
 func (p *planner) drainPass(gp *groupPlan) {
-	if !gp.movesOnDrain() {
+	if len(gp.drainable) == 0 {
 		return
 	}
-	type entry struct{ i, di int32 }
-	var moving []entry
-	notReady := 0
-	var indices []bool // indices held, to count the missing ones
+	units := gp.drainable
+	budget := len(units)
 	if gp.roll != nil {
-		indices = make([]bool, gp.count())
-	}
-	for _, i := range gp.existing {
-		a := &p.allocs[i]
-		di, known := p.index[a.Device]
-		if !known || a.Index < 0 || a.Index >= gp.count() {
-			continue // stopped by keepPass anyway
-		}
-		d := p.devs[di]
-		if gp.roll != nil {
-			indices[a.Index] = true
-			if a.JobVersion == gp.job.Version && d.Presence == protocol.Online && !p.terminalAt(di, a.ID, a.JobVersion) && p.health(di, a.ID, a.JobVersion) == "" {
-				notReady++
-			}
-		}
-		if !d.Draining || a.Replaces != "" || (gp.replace && p.lost(gp, d)) {
-			continue
-		}
-		if gp.typ.RunsToCompletion() {
-			if st, ok := d.Reported[a.ID]; ok && st.JobVersion == a.JobVersion && st.State == protocol.AllocComplete && gp.current(a) {
-				continue
-			}
-		}
-		moving = append(moving, entry{i: i, di: di})
-	}
-	if len(moving) == 0 {
-		return
-	}
-	if gp.roll != nil {
-		for _, held := range indices {
-			if !held {
-				notReady++
-			}
-		}
-		slices.SortFunc(moving, func(x, y entry) int {
+		budget = max(0, gp.roll.policy.MaxParallel-gp.roll.n.inFlight-(len(gp.taken)-gp.takenN))
+		slices.SortFunc(units, func(x, y drainRef) int {
 			return cmp.Or(cmp.Compare(x.di, y.di), strings.Compare(p.allocs[x.i].ID, p.allocs[y.i].ID))
 		})
-		moving = moving[:min(len(moving), max(0, gp.roll.policy.MaxParallel-notReady))]
 	}
-	if p.drained == nil {
-		p.drained = map[int32]bool{}
+	for _, d := range units {
+		// One that is not ready stays not ready: kept or updated to the
+		// job's version, on an online device, health undecided.
+		free := d.kind != drainHeld && !d.terminal && p.devs[d.di].Presence == protocol.Online && p.health(d.di, p.allocs[d.i].ID, gp.job.Version) == ""
+		if !free {
+			if budget == 0 {
+				continue
+			}
+			budget--
+		}
+		switch d.kind {
+		case drainHeld:
+			h := &gp.roll.held[d.pos]
+			p.release(gp, *h)
+			h.i = -1
+		default:
+			if !d.terminal {
+				p.unreserveDemand(d.di, &gp.spec.demand)
+				p.unnoteLive(gp, d.di)
+			}
+			p.uncount(gp, d.di, p.allocs[d.i].ID)
+			if d.kind == drainKept {
+				p.keep[d.pos] = -1
+			} else {
+				p.update[d.pos].ID = ""
+			}
+			p.dropDrained = true
+		}
+		p.stop = append(p.stop, p.allocs[d.i])
+		gp.free(d.slot)
 	}
-	for _, e := range moving {
-		p.drained[e.i] = true
+	if gp.roll != nil {
+		gp.roll.held = slices.DeleteFunc(gp.roll.held, func(h heldAlloc) bool { return h.i < 0 })
 	}
+}
+
+// dropStopped removes from planner.keep and planner.update the allocations
+// drainPass stopped.
+func (p *planner) dropStopped() {
+	if !p.dropDrained {
+		return
+	}
+	n := 0
+	for k, i := range p.keep {
+		if i >= 0 {
+			p.keep[n], p.keepDev[n] = i, p.keepDev[k]
+			n++
+		}
+	}
+	p.keep, p.keepDev = p.keep[:n], p.keepDev[:n]
+	n = 0
+	for k, u := range p.update {
+		if u.ID != "" {
+			p.update[n], p.updateDev[n] = u, p.updateDev[k]
+			n++
+		}
+	}
+	p.update, p.updateDev = p.update[:n], p.updateDev[:n]
 }

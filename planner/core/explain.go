@@ -27,8 +27,9 @@ func newSurvey(devices int) survey {
 //
 // u is the number of unplaced instances, n the desired number, d the number
 // of devices in the snapshot and f how many of them passed every feasibility
-// check (facts, presence, drivers, constraints, device resources present,
-// distinct_hosts, distinct_property) whatever their free resources. For
+// check (facts, presence, eligibility, drivers, constraints, device
+// resources present, distinct_hosts, distinct_property) whatever their free
+// resources. For
 // system and sysbatch groups a device already running the group also counts
 // as feasible, so f equals n. <filtered> lists the feasibility reasons of the
 // d-f other devices and <exhausted> the resource reasons of the feasible

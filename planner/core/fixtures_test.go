@@ -197,3 +197,24 @@ func feedBack(s Snapshot, p Plan) Snapshot {
 	}
 	return s
 }
+
+// dumpSnapshot renders a snapshot for a failing property's message.
+func dumpSnapshot(s Snapshot) string {
+	var b strings.Builder
+	for _, j := range s.Jobs {
+		fmt.Fprintf(&b, "job %s v%d %s stopped=%v rollout=%+v\n", j.Job.ID, j.Version, j.Job.Type, j.Stopped, j.Rollout)
+		for _, g := range j.Job.Groups {
+			fmt.Fprintf(&b, "  group %s count=%v update=%+v constraints=%v tasks=%+v disc=%+v\n", g.Name, *g.Count, g.Update, g.Constraints, g.Tasks, g.Disconnect)
+		}
+	}
+	for _, d := range s.Devices {
+		fmt.Fprintf(&b, "dev %s %s facts=%v cpu=%d mem=%d disk=%d res=%v inel=%v drain=%v since=%v drivers=%v\n", d.ID, d.Presence, d.HasFacts, d.Facts.CPUMHz, d.Facts.MemoryMB, d.DiskMB, d.Resources, d.Ineligible, d.Draining, d.OfflineSince, d.Facts.Drivers)
+		for id, st := range d.Reported {
+			fmt.Fprintf(&b, "  rep %s v%d %s %s\n", id, st.JobVersion, st.State, st.Health)
+		}
+	}
+	for _, a := range s.Allocations {
+		fmt.Fprintf(&b, "alloc %s id=%s v%d %s repl=%s tasks=%+v\n", short(a), a.ID, a.JobVersion, a.Type, a.Replaces, a.Tasks)
+	}
+	return b.String()
+}

@@ -26,7 +26,7 @@ func TestPropertyPlanInvariants(t *testing.T) {
 		s := genSnapshot(t)
 		p := Compute(s, t0)
 		if err := invariantViolation(s, p); err != "" {
-			t.Fatal(err)
+			t.Fatal(err, "\n", dumpSnapshot(s), outcomeOf(p))
 		}
 	})
 }
@@ -54,10 +54,13 @@ func TestPropertyIdempotent(t *testing.T) {
 		p := Compute(s, t0)
 		again := Compute(feedBack(s, p), t0)
 		if o := outcomeOf(again); o.Place != "" || o.Update != "" || o.Stop != "" {
-			t.Fatalf("feeding the plan back changed it: %+v (first plan %+v)", o, outcomeOf(p))
+			t.Fatalf("feeding the plan back changed it: %+v (first plan %+v)\n%s", o, outcomeOf(p), dumpSnapshot(s))
 		}
 		if !reflect.DeepEqual(again.Allocations, p.Allocations) {
 			t.Fatalf("allocations changed:\n %s\n %s", shorts(p.Allocations), shorts(again.Allocations))
+		}
+		if !reflect.DeepEqual(again.Rollouts, p.Rollouts) || !reflect.DeepEqual(again.Deferred, p.Deferred) {
+			t.Fatalf("rollouts changed:\n %+v %+v\n %+v %+v\n%s", p.Rollouts, p.Deferred, again.Rollouts, again.Deferred, dumpSnapshot(s))
 		}
 		if !reflect.DeepEqual(again.Lost, p.Lost) || !reflect.DeepEqual(again.Disconnected, p.Disconnected) || !again.NextEval.Equal(p.NextEval) {
 			t.Fatalf("connectivity changed: lost %s → %s, disconnected %s → %s, next eval %s → %s",
@@ -117,7 +120,8 @@ func TestPropertyOneSurvivorOnceOnline(t *testing.T) {
 			}
 			slots[slot] = a
 		}
-		if len(q.Lost)+len(q.Disconnected) > 0 || !q.NextEval.IsZero() {
+		// Only a rollout's progress deadline is left to wait for.
+		if len(q.Lost)+len(q.Disconnected) > 0 || !q.NextEval.Equal(rolloutDeadline(back, q, awayOf(back, q))) {
 			t.Fatalf("online fleet with lost %s, disconnected %s, next eval %s", shorts(q.Lost), shorts(q.Disconnected), q.NextEval)
 		}
 		again := Compute(feedBack(back, q), t0)
@@ -450,7 +454,10 @@ func invariantViolation(s Snapshot, p Plan) string {
 		if r := infeasible(placeChecks, d, compileGroup(&g)); r != "" {
 			return fmt.Sprintf("placed %s on an infeasible device: %s", short(a), r)
 		}
-		if a.ID != AllocID(a.Job, a.Group, a.Index, a.Device) {
+		// The canonical id, unless it is taken (AllocID): by an allocation
+		// of the snapshot (a drain can free a slot whose other claimant
+		// just stopped on the device placePass picks), or another placement.
+		if id := AllocID(a.Job, a.Group, a.Index, a.Device); a.ID != id && !canonicalTaken(s, p, id) {
 			return fmt.Sprintf("placed %s with id %s", short(a), a.ID)
 		}
 	}
@@ -567,7 +574,7 @@ func rolloutCounts(s Snapshot, p Plan, j Job, g protocol.Group, away map[string]
 	}
 	pol, _ := g.UpdatePolicy()
 	for _, a := range p.Allocations {
-		if a.Job != j.Job.ID || a.Group != g.Name || a.JobVersion != j.Version || away[a.ID] {
+		if a.Job != j.Job.ID || a.Group != g.Name || away[a.ID] || a.JobVersion != j.Version || a.Type != j.Job.Type || !sameTasks(a.Tasks, g.Tasks) {
 			continue
 		}
 		d := devices[a.Device]
@@ -686,6 +693,13 @@ func rolloutViolation(s Snapshot, p Plan) string {
 		return fmt.Sprintf("%d rollouts, want %d", len(p.Rollouts), want)
 	}
 	return ""
+}
+
+// canonicalTaken reports whether an allocation id is used by an allocation
+// of the snapshot or placed by the plan.
+func canonicalTaken(s Snapshot, p Plan, id string) bool {
+	used := func(a Alloc) bool { return a.ID == id }
+	return slices.ContainsFunc(s.Allocations, used) || slices.ContainsFunc(p.Place, used)
 }
 
 // distinctViolation checks the distinct constraints of a group over its
@@ -808,6 +822,7 @@ func genSnapshot(t *rapid.T) Snapshot {
 			d.Reported = map[string]protocol.AllocStatus{}
 		}
 		st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: v, Group: a.Group, State: state}
+		st.Health = rapid.SampledFrom([]protocol.Health{"", "", protocol.Healthy, protocol.Unhealthy}).Draw(t, "health")
 		for _, tk := range a.Tasks {
 			ts := protocol.TaskStatus{Name: tk.Name, State: protocol.TaskRunning}
 			if ago := rapid.SampledFrom([]time.Duration{-1, 0, time.Minute, time.Hour}).Draw(t, "started ago"); ago >= 0 {
@@ -818,7 +833,37 @@ func genSnapshot(t *rapid.T) Snapshot {
 		}
 		d.Reported[a.ID] = st
 	}
+	genRollouts(t, s.Jobs)
 	return s
+}
+
+// genRollouts gives some jobs the rollout a previous plan left, of their
+// version or another, in any state.
+func genRollouts(t *rapid.T, jobs []Job) {
+	for i := range jobs {
+		j := &jobs[i]
+		if rapid.IntRange(0, 2).Draw(t, "input rollout") > 0 {
+			continue
+		}
+		r := &protocol.Rollout{
+			Version:    j.Version - uint64(rapid.IntRange(0, 1).Draw(t, "rollout of an older version")),
+			State:      rapid.SampledFrom([]protocol.RolloutState{protocol.RolloutRunning, protocol.RolloutPaused, protocol.RolloutSuccessful, protocol.RolloutFailed}).Draw(t, "rollout state"),
+			StartedAt:  t0.Add(-time.Hour),
+			ProgressAt: t0.Add(-rapid.SampledFrom([]time.Duration{0, time.Minute, 10 * time.Minute, time.Hour}).Draw(t, "progress ago")),
+		}
+		for _, g := range j.Job.Groups {
+			if g.Update == nil {
+				continue
+			}
+			r.Groups = append(r.Groups, protocol.RolloutGroup{
+				Name:     g.Name,
+				Canaries: rapid.SampledFrom([]int{0, g.Update.Canary}).Draw(t, "canaries"),
+				Promoted: rapid.Bool().Draw(t, "promoted"),
+				Healthy:  rapid.IntRange(0, 3).Draw(t, "healthy before"),
+			})
+		}
+		j.Rollout = r
+	}
 }
 
 // genPresence draws a device's presence and, offline, since when: often
@@ -837,6 +882,12 @@ func genDevices(t *rapid.T, label string) []Device {
 	for _, id := range deviceIDs[:rapid.IntRange(0, len(deviceIDs)-1).Draw(t, label+" devices")] {
 		d := Device{ID: id}
 		genPresence(t, &d)
+		switch rapid.IntRange(0, 7).Draw(t, "scheduling") {
+		case 0:
+			d.Ineligible = true
+		case 1:
+			d.Draining = true
+		}
 		if rapid.IntRange(0, 9).Draw(t, "no facts") > 0 {
 			d.HasFacts = true
 			d.Facts = protocol.Facts{
@@ -900,6 +951,23 @@ func genJobs(t *rapid.T, label string) []Job {
 			}
 			for range rapid.IntRange(0, 2).Draw(t, "spreads") {
 				g.Spreads = append(g.Spreads, rapid.SampledFrom(spreadPool).Draw(t, "spread"))
+			}
+			if rapid.IntRange(0, 2).Draw(t, "update block") == 0 {
+				// Also on batch and sysbatch groups, which validation
+				// refuses: the core must ignore them there.
+				u := &protocol.Update{
+					MaxParallel: rapid.IntRange(0, 3).Draw(t, "max_parallel"),
+					Canary:      rapid.IntRange(0, 2).Draw(t, "canary"),
+					AutoPromote: rapid.Bool().Draw(t, "auto_promote"),
+					Offline:     rapid.SampledFrom([]string{"", protocol.OfflineSkip, protocol.OfflineWait}).Draw(t, "offline"),
+				}
+				if rapid.Bool().Draw(t, "abort") {
+					u.Abort = &protocol.Abort{
+						FailureRatio: rapid.SampledFrom([]float64{0, 0.3, 0.5}).Draw(t, "failure ratio"),
+						MinDevices:   rapid.IntRange(0, 3).Draw(t, "min devices"),
+					}
+				}
+				g.Update = u
 			}
 			if rapid.Bool().Draw(t, "disconnect policy") {
 				dp := &protocol.Disconnect{
@@ -977,6 +1045,175 @@ func genAllocs(t *rapid.T, jobs []Job) []Alloc {
 		out[i].Replaces = o.ID
 	}
 	return out
+}
+
+// destructiveUpdates are the allocations of a plan's Update bucket whose
+// tasks or type changed, by job and group.
+func destructiveUpdates(s Snapshot, p Plan) map[[2]string][]Alloc {
+	before := map[string]Alloc{}
+	for _, a := range s.Allocations {
+		before[a.ID] = a
+	}
+	out := map[[2]string][]Alloc{}
+	for _, u := range p.Update {
+		old := before[u.ID]
+		if old.JobVersion != u.JobVersion && (old.Type != u.Type || !sameTasks(old.Tasks, u.Tasks)) {
+			key := [2]string{u.Job, u.Group}
+			out[key] = append(out[key], u)
+		}
+	}
+	return out
+}
+
+// mayBeForced reports whether a destructive update may have been forced:
+// an allocation that could not stay as it was (its device over-committed)
+// is updated at once when the new demand fits, which needs the old demand
+// to exceed the new in some resource.
+func mayBeForced(s Snapshot, u Alloc) bool {
+	i := slices.IndexFunc(s.Allocations, func(a Alloc) bool { return a.ID == u.ID })
+	old, now := demandOf(s.Allocations[i].Tasks), demandOf(u.Tasks)
+	if old.res.CPU > now.res.CPU || old.res.Memory > now.res.Memory || old.res.Disk > now.res.Disk {
+		return true
+	}
+	for _, dc := range old.devices {
+		n := 0
+		for _, nc := range now.devices {
+			if nc.name == dc.name {
+				n = nc.count
+			}
+		}
+		if dc.count > n {
+			return true
+		}
+	}
+	return false
+}
+
+// rolloutStepViolation checks what a plan's rollouts promise given its
+// snapshot: a plan that updates a group's allocations destructively on
+// online devices leaves at most max_parallel of them in flight, besides its
+// placements (those updated on offline devices are pending, not in flight;
+// see mayBeForced for the exception); a rollout the snapshot says failed updates nothing
+// destructively; Deferred lists every allocation left at an older version
+// with tasks to change.
+func rolloutStepViolation(s Snapshot, p Plan) string {
+	devices := map[string]*Device{}
+	for i := range s.Devices {
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
+	}
+	away := awayOf(s, p)
+	destructive := destructiveUpdates(s, p)
+	deferred := map[string]bool{}
+	for _, d := range p.Deferred {
+		deferred[d.Alloc.ID] = true
+	}
+	for _, j := range latestJobs(s.Jobs) {
+		failed := j.Rollout != nil && j.Rollout.Version == j.Version && j.Rollout.State == protocol.RolloutFailed
+		for _, g := range rolledGroups(j) {
+			key := [2]string{j.Job.ID, g.Name}
+			// Destructive updates on online devices the rollout chose (not
+			// forced): once there is one, at most max_parallel are in
+			// flight, since the budget counts the forced ones too.
+			online := 0
+			for _, u := range destructive[key] {
+				if devices[u.Device].Presence == protocol.Online && !mayBeForced(s, u) {
+					online++
+				}
+			}
+			if failed && slices.ContainsFunc(destructive[key], func(u Alloc) bool { return !mayBeForced(s, u) }) {
+				return fmt.Sprintf("failed rollout of %s updated %s", j.Job.ID, shorts(destructive[key]))
+			}
+			// New slots are never gated: the plan's own placements are in
+			// flight for the next plan's budget only.
+			skip := maps.Clone(away)
+			for _, a := range p.Place {
+				skip[a.ID] = true
+			}
+			pol, _ := g.UpdatePolicy()
+			if _, inFlight := rolloutCounts(s, p, j, g, skip); online > 0 && inFlight > pol.MaxParallel {
+				return fmt.Sprintf("%s.%s: %d destructive updates leave %d in flight, max_parallel %d", j.Job.ID, g.Name, online, inFlight, pol.MaxParallel)
+			}
+			for _, a := range p.Allocations {
+				stale := a.JobVersion != j.Version || a.Type != j.Job.Type || !sameTasks(a.Tasks, g.Tasks)
+				if a.Job == j.Job.ID && a.Group == g.Name && !away[a.ID] && stale && !deferred[a.ID] {
+					return fmt.Sprintf("%s left at version %d, not deferred", short(a), a.JobVersion)
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// Rollouts over several plans: health verdicts arrive for some allocations
+// at their version, devices come and go, time passes, the operator promotes
+// now and then; every plan keeps max_parallel, never updates a failed
+// rollout, and is deterministic.
+func TestPropertyRolloutSteps(t *testing.T) {
+	t.Parallel()
+	rapid.Check(t, func(t *rapid.T) {
+		s := genSnapshot(t)
+		now := t0
+		for step := range rapid.IntRange(1, 6).Draw(t, "steps") {
+			p := Compute(s, now)
+			if err := invariantViolation(s, p); err != "" {
+				t.Fatalf("step %d: %s\n%s%+v", step, err, dumpSnapshot(s), outcomeOf(p))
+			}
+			if err := rolloutStepViolation(s, p); err != "" {
+				t.Fatalf("step %d: %s", step, err)
+			}
+			if q := Compute(s, now); !reflect.DeepEqual(p, q) {
+				t.Fatalf("step %d: not deterministic", step)
+			}
+			for id, r := range p.Rollouts {
+				if in := jobRollout(s, id); in != nil && in.Version == r.Version && in.Done() && r.State != in.State {
+					t.Fatalf("step %d: rollout of %s went from %s to %s", step, id, in.State, r.State)
+				}
+			}
+			s = feedBack(s, p)
+			s.Devices = slices.Clone(s.Devices)
+			for i := range s.Devices {
+				d := &s.Devices[i]
+				if rapid.IntRange(0, 5).Draw(t, "presence changes") == 0 {
+					genPresence(t, d)
+				}
+				d.Reported = maps.Clone(d.Reported)
+				for _, a := range p.Allocations {
+					if a.Device != d.ID || d.Presence != protocol.Online {
+						continue
+					}
+					if v := rapid.SampledFrom([]protocol.Health{"", protocol.Healthy, protocol.Healthy, protocol.Unhealthy}).Draw(t, "verdict"); v != "" {
+						if d.Reported == nil {
+							d.Reported = map[string]protocol.AllocStatus{}
+						}
+						d.Reported[a.ID] = protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, State: protocol.AllocRunning, Health: v}
+					}
+				}
+			}
+			for i := range s.Jobs {
+				if r := s.Jobs[i].Rollout; r != nil && rapid.IntRange(0, 3).Draw(t, "promote") == 0 {
+					promoted := *r
+					promoted.Groups = slices.Clone(r.Groups)
+					for g := range promoted.Groups {
+						promoted.Groups[g].Promoted = true
+					}
+					s.Jobs[i].Rollout = &promoted
+				}
+			}
+			now = now.Add(rapid.SampledFrom([]time.Duration{0, time.Minute, 10 * time.Minute}).Draw(t, "tick"))
+		}
+	})
+}
+
+// jobRollout is the input rollout of a job of a snapshot.
+func jobRollout(s Snapshot, id string) *protocol.Rollout {
+	for _, j := range latestJobs(s.Jobs) {
+		if j.Job.ID == id {
+			return j.Rollout
+		}
+	}
+	return nil
 }
 
 // TestInvariantCheckerCatches makes sure the invariant checker is not

@@ -21,12 +21,22 @@ import (
 // edged restarts nothing).
 //
 // updatePass holds each destructive update candidate at its own (old)
-// demand instead of updating it (see hold). After placePass, rolloutJob
-// decides for the held allocations of each job, in device then id order,
-// which are updated now and which are deferred (kept as they are, listed in
-// Plan.Deferred), and computes the job's protocol.Rollout. Deciding after
-// the placements lets the budget see every allocation this plan put at the
-// job's version, so that a plan fed back changes nothing.
+// demand instead of updating it (see hold). Then, before placePass:
+//
+//  1. gateJob decides, job by job, which held allocations are updated now
+//     and which are deferred (kept as they are, listed in Plan.Deferred).
+//     The budget is max_parallel minus the group's allocations in flight
+//     (kept, updated in place, or forced; see hold) and its missing
+//     instances (the slots placePass will fill now or when room appears).
+//  2. applyUpdates gives the chosen ones the job's version (see there for
+//     one whose new demand does not fit its device).
+//
+// Deciding before placePass lets the placements see what the updates free
+// and take, as without an update block. An instance this plan moves or
+// places is missing until placed and in flight until healthy, so the next
+// plan updates no more than this one left room for: a plan fed back changes
+// nothing. After placePass, finishRollout computes each job's
+// protocol.Rollout from the final counts.
 
 // rolloutGroup is the rollout state of a group with an update block (of a
 // service or system job; validation refuses update blocks elsewhere and
@@ -35,6 +45,19 @@ type rolloutGroup struct {
 	policy protocol.UpdatePolicy
 	held   []heldAlloc // destructive update candidates, held at their own demand
 	n      tally       // the group's allocations at the job's version so far
+	pre    tally       // n when gateJob decided
+	// missing counts the instances the group lacks when gateJob decides:
+	// slots to place (a service group's free indices, the feasible devices
+	// without a system group's allocation), in this plan or when room
+	// appears. They take max_parallel slots like allocations in flight.
+	missing int
+
+	canaries int
+	promoted bool
+	canary   bool // in the canary phase: not promoted, canaries wanted
+	waiting  bool // every canary healthy: the version awaits promotion
+	budget   int  // left for updates on offline devices that do not fit
+	deferred []deferral
 }
 
 // heldAlloc is an allocation awaiting a destructive update.
@@ -59,8 +82,14 @@ type tally struct {
 type deferral struct {
 	alloc  Alloc
 	di     int32
-	job    string
-	reason string // "" while it waits for max_parallel: filled in by rolloutJob
+	reason string // "" while it waits for max_parallel or promotion: see finishRollout
+}
+
+// chosenUpdate is a held allocation gateJob lets through.
+type chosenUpdate struct {
+	gp      *groupPlan
+	h       heldAlloc
+	offline bool // offline: skip, taking no budget unless it does not fit
 }
 
 // Deferral reasons.
@@ -125,16 +154,40 @@ func (p *planner) count(gp *groupPlan, di int32, id string) {
 	}
 }
 
+// uncount undoes count, for an allocation that leaves the plan.
+func (p *planner) uncount(gp *groupPlan, di int32, id string) {
+	r := gp.roll
+	if r == nil {
+		return
+	}
+	r.n.updated--
+	switch p.health(di, id, gp.job.Version) {
+	case protocol.Healthy:
+		r.n.healthy--
+	case protocol.Unhealthy:
+		r.n.unhealthy--
+	default:
+		if p.devs[di].Presence == protocol.Online {
+			r.n.inFlight--
+		} else {
+			r.n.offline--
+		}
+	}
+}
+
 // hold admits a destructive update candidate at its own demand, as a kept
-// allocation: it respects the distinct constraints and fits, or it stops.
+// allocation, if it respects the distinct constraints and fits. One that
+// cannot stay as it is (the snapshot over-commits its device) is not held:
+// the caller updates it at once if the new demand fits, else stops it, as
+// without an update block.
 func (p *planner) hold(gp *groupPlan, c cand, slot int, mark string) bool {
 	h := heldAlloc{i: c.i, di: c.di, slot: slot, mark: mark, terminal: isTerminal(c.state)}
 	if !h.terminal {
-		dem := p.ownDemand(gp, c)
-		if p.distinctReason(gp, c.di) != "" || !p.fits(c.di, dem) {
+		dem := demandOf(p.allocs[c.i].Tasks)
+		if p.distinctReason(gp, c.di) != "" || !p.fits(c.di, &dem) {
 			return false
 		}
-		p.reserveDemand(c.di, dem)
+		p.reserveDemand(c.di, &dem)
 		p.noteLive(gp, c.di)
 	}
 	gp.roll.held = append(gp.roll.held, h)
@@ -177,30 +230,24 @@ func (p *planner) unnoteLive(gp *groupPlan, di int32) {
 	}
 }
 
-// update gives a held allocation the job's version, type and tasks on its
-// device. When the new demand does not fit there, the allocation stops and
-// its slot is freed for placement (it returns false); with keepIfNoRoom it
-// is held again instead and left as it is (it returns false too).
-func (p *planner) updateHeld(gp *groupPlan, h heldAlloc, keepIfNoRoom bool) (updated, stopped bool) {
-	a := p.allocs[h.i]
-	p.release(gp, h)
-	u := a
+// finishHeld gives a released held allocation the job's version, type and
+// tasks on its device, if the new demand fits there.
+func (p *planner) finishHeld(gp *groupPlan, h heldAlloc) bool {
+	u := p.allocs[h.i]
 	u.JobVersion, u.Type, u.Tasks, u.Replaces = gp.job.Version, gp.typ, gp.tasks, h.mark
-	if p.admit(gp, h.di, p.terminalAt(h.di, u.ID, u.JobVersion)) {
-		p.update = append(p.update, u)
-		p.updateDev = append(p.updateDev, h.di)
-		p.count(gp, h.di, u.ID)
-		return true, false
+	if !p.admit(gp, h.di, p.terminalAt(h.di, u.ID, u.JobVersion)) {
+		return false
 	}
-	if keepIfNoRoom {
-		if !h.terminal {
-			dem := demandOf(a.Tasks)
-			p.reserveDemand(h.di, &dem)
-			p.noteLive(gp, h.di)
-		}
-		return false, false
-	}
-	p.stop = append(p.stop, a)
+	p.update = append(p.update, u)
+	p.updateDev = append(p.updateDev, h.di)
+	p.count(gp, h.di, u.ID)
+	return true
+}
+
+// stopHeld stops a released held allocation whose update did not fit its
+// device, freeing its slot for placement.
+func (p *planner) stopHeld(gp *groupPlan, h heldAlloc) {
+	p.stop = append(p.stop, p.allocs[h.i])
 	gp.free(h.slot)
 	if h.mark != "" {
 		// The placement takes over the away allocation it replaced.
@@ -209,7 +256,16 @@ func (p *planner) updateHeld(gp *groupPlan, h heldAlloc, keepIfNoRoom bool) (upd
 		}
 		gp.targets[h.slot] = h.mark
 	}
-	return false, true
+}
+
+// rehold takes back what a released held allocation reserved, right after
+// release (so that it fits).
+func (p *planner) rehold(gp *groupPlan, h heldAlloc) {
+	if !h.terminal {
+		dem := demandOf(p.allocs[h.i].Tasks)
+		p.reserveDemand(h.di, &dem)
+		p.noteLive(gp, h.di)
+	}
 }
 
 // deferHeld leaves a held allocation as it is: kept, or updated when only
@@ -224,50 +280,49 @@ func (p *planner) deferHeld(gp *groupPlan, h heldAlloc, reason string) {
 		p.keep = append(p.keep, h.i)
 		p.keepDev = append(p.keepDev, h.di)
 	}
-	p.deferred = append(p.deferred, deferral{alloc: a, di: h.di, job: gp.job.Job.ID, reason: reason})
+	gp.roll.deferred = append(gp.roll.deferred, deferral{alloc: a, di: h.di, reason: reason})
 }
 
-// groupRollout is what rolloutJob works out for one group.
-type groupRollout struct {
-	gp       *groupPlan
-	pre      tally // before the destructive updates of this plan
-	canaries int
-	promoted bool
-	waiting  bool // every canary healthy, the version awaits promotion
-	stale    int  // held allocations left at an older version
-	from     int  // first of the group's entries in planner.deferred
+// inputRollout is the job's input rollout when it is of the job's version.
+func inputRollout(j *Job) *protocol.Rollout {
+	if in := j.Rollout; in != nil && in.Version == j.Version {
+		return in
+	}
+	return nil
 }
 
-// rolloutJob gates the destructive updates of a job's groups that have an
-// update block and records the job's rollout in p.rollouts. It runs after
-// placePass, so that the allocations of the group at the job's version are
-// all known: kept, updated in place, placed.
-func (p *planner) rolloutJob(j *Job, groups []*groupPlan) {
-	var gs []groupRollout
+// rolled returns the groups of a job that have a rollout.
+func rolled(groups []*groupPlan) []*groupPlan {
+	var gs []*groupPlan
 	for _, gp := range groups {
 		if gp.roll != nil {
-			gs = append(gs, groupRollout{gp: gp, pre: gp.roll.n})
+			gs = append(gs, gp)
 		}
 	}
-	if len(gs) == 0 {
-		return
-	}
-	now := p.now
-	in := j.Rollout
-	if in != nil && in.Version != j.Version {
-		in = nil
-	}
-	out := protocol.Rollout{Version: j.Version, State: protocol.RolloutRunning, StartedAt: now, ProgressAt: now}
+	return gs
+}
+
+// progress is where a job's rollout stands before the plan's updates:
+// whether it is final (input failed or successful, or failing now), and the
+// ProgressAt the deadline counts from. ProgressAt is the input's (now for a
+// version no plan has seen), moved to now when the job's healthy
+// allocations grew since the input, or while none is in flight: the
+// deadline only runs while allocations are updating, so a rollout that
+// waited (for an offline device, for promotion) gets its full deadline
+// back.
+func (p *planner) progress(j *Job, gs []*groupPlan) (state protocol.RolloutState, why string, progressAt time.Time) {
+	in := inputRollout(j)
+	state, progressAt = protocol.RolloutRunning, p.now
 	if in != nil {
-		out.StartedAt, out.ProgressAt, out.RevertedTo = in.StartedAt, in.ProgressAt, in.RevertedTo
+		progressAt = in.ProgressAt
 		if in.Done() {
-			out.State, out.Description = in.State, in.Description
+			state, why = in.State, in.Description
 		}
 	}
 	healthy, inFlight := 0, 0
-	for _, g := range gs {
-		healthy += g.pre.healthy
-		inFlight += g.pre.inFlight
+	for _, gp := range gs {
+		healthy += gp.roll.pre.healthy
+		inFlight += gp.roll.pre.inFlight
 	}
 	if in != nil {
 		before := 0
@@ -275,55 +330,208 @@ func (p *planner) rolloutJob(j *Job, groups []*groupPlan) {
 			before += ig.Healthy
 		}
 		if healthy > before {
-			out.ProgressAt = now
+			progressAt = p.now
 		}
 	}
-	if !out.Done() && inFlight == 0 {
-		// Nothing updating, nothing can make progress: the deadline only
-		// runs while allocations are in flight.
-		out.ProgressAt = now
+	final := state == protocol.RolloutFailed || state == protocol.RolloutSuccessful
+	if !final && inFlight == 0 {
+		progressAt = p.now
+	}
+	if !final {
+		if w := p.failure(gs, func(r *rolloutGroup) tally { return r.pre }, progressAt); w != "" {
+			state, why = protocol.RolloutFailed, w
+		}
+	}
+	return state, why, progressAt
+}
+
+// gateJob decides the held allocations of a job's groups with a rollout,
+// appending the chosen ones to chosen.
+func (p *planner) gateJob(j *Job, groups []*groupPlan, chosen []chosenUpdate) []chosenUpdate {
+	gs := rolled(groups)
+	if len(gs) == 0 {
+		return chosen
+	}
+	for _, gp := range gs {
+		gp.roll.pre = gp.roll.n
+		gp.roll.missing = p.missing(gp)
+	}
+	state, _, _ := p.progress(j, gs)
+	in := inputRollout(j)
+	for _, gp := range gs {
+		r := gp.roll
+		r.canaries = r.policy.Canary
+		if ig := inputGroup(in, gp.group.Name); ig != nil {
+			r.canaries, r.promoted = ig.Canaries, ig.Promoted
+		} else if len(r.held) == 0 {
+			r.canaries = 0 // the version arrives by placement: no canaries
+		}
+		chosen = p.gate(gp, state, chosen)
+	}
+	return chosen
+}
+
+// missing counts the instances a group lacks before placePass: its free
+// slots, or for a system group the devices placeEveryDevice will try.
+func (p *planner) missing(gp *groupPlan) int {
+	if !gp.everyDevice() {
+		return len(gp.taken) - gp.takenN
+	}
+	n := 0
+	for i := range p.devs {
+		di := int32(i)
+		if !gp.taken[di] && p.placeReason(gp, di) == "" && p.distinctReason(gp, di) == "" {
+			n++
+		}
+	}
+	return n
+}
+
+// gate decides the held allocations of one group, in device then id order:
+// chosen for an update now, or deferred with a reason ("" for max_parallel,
+// filled in once the group's final count is known).
+//
+// Canaries: while the version is not promoted and the group wants
+// canaries, at most that many of its allocations (but no more than it has)
+// may be at the job's version, counting every allocation there; once all
+// of them are healthy the version promotes itself (auto_promote) and the
+// rollout goes on in the same plan, or the group waits for the operator.
+func (p *planner) gate(gp *groupPlan, state protocol.RolloutState, chosen []chosenUpdate) []chosenUpdate {
+	r := gp.roll
+	pol := r.policy
+	held := r.held
+	slices.SortFunc(held, func(a, b heldAlloc) int {
+		return cmp.Or(cmp.Compare(a.di, b.di), strings.Compare(p.allocs[a.i].ID, p.allocs[b.i].ID))
+	})
+	budget := max(0, pol.MaxParallel-r.pre.inFlight-r.missing)
+	canaryPhase := !r.promoted && r.canaries > 0 && state != protocol.RolloutSuccessful
+	canaryLeft := 0
+	if canaryPhase {
+		target := min(r.canaries, r.pre.updated+len(held))
+		switch {
+		case r.pre.updated < target || r.pre.healthy < r.pre.updated:
+			canaryLeft = target - r.pre.updated
+		case pol.AutoPromote:
+			r.promoted, canaryPhase = true, false
+		default:
+			r.waiting = len(held) > 0
+		}
+	}
+	r.canary = canaryPhase
+	awaiting := "awaiting promotion: " + canaries(r.canaries)
+	r.deferred = slices.Grow(r.deferred, len(held))
+	for _, h := range held {
+		d := p.devs[h.di]
+		online := d.Presence == protocol.Online
+		switch {
+		case state == protocol.RolloutFailed:
+			p.deferHeld(gp, h, reasonRolloutFailed)
+		case d.Draining && gp.movesOnDrain():
+			p.deferHeld(gp, h, reasonDraining) // it moves elsewhere: no point updating it here
+		case !online && canaryPhase:
+			p.deferHeld(gp, h, awaiting) // canaries go to online devices only
+		case !online && pol.OfflineWait:
+			p.deferHeld(gp, h, reasonOfflineWait)
+		case !online:
+			// offline: skip. The device applies the version when it
+			// returns; that takes no budget, unless the new demand does
+			// not fit and the slot must move to an online device.
+			chosen = append(chosen, chosenUpdate{gp: gp, h: h, offline: true})
+		case canaryPhase && canaryLeft <= 0:
+			p.deferHeld(gp, h, "")
+		case budget == 0:
+			canaryLeft--
+			p.deferHeld(gp, h, "")
+		default:
+			canaryLeft--
+			budget--
+			chosen = append(chosen, chosenUpdate{gp: gp, h: h})
+		}
+	}
+	r.budget = budget
+	return chosen
+}
+
+// applyUpdates gives the chosen allocations the job's version.
+//
+// One whose new demand does not fit its device stops, and its slot is
+// placed again like a new one (a missing instance: see rolloutGroup), but
+// not where nothing can be placed again: an allocation of a system group on
+// a device that is offline or ineligible, or of a service group on an
+// offline device once its group's budget is spent, stays as it is,
+// deferred. Those go one by one (released, tried, taken back), first. The
+// others release their old demand first, all of them, then each is admitted
+// with the new demand or stops, so that one that stopped never finds room
+// on its device later in the plan (placePass would give its slot the same
+// id there).
+func (p *planner) applyUpdates(chosen []chosenUpdate) {
+	oneByOne := func(c chosenUpdate) bool {
+		return c.offline || c.gp.everyDevice() && p.placeReason(c.gp, c.h.di) != ""
+	}
+	for _, c := range chosen {
+		if !oneByOne(c) {
+			continue
+		}
+		p.release(c.gp, c.h)
+		switch r := c.gp.roll; {
+		case p.finishHeld(c.gp, c.h):
+		case c.gp.everyDevice():
+			p.rehold(c.gp, c.h)
+			p.deferHeld(c.gp, c.h, fmt.Sprintf("no room for version %d on its device", c.gp.job.Version))
+		case r.budget == 0:
+			p.rehold(c.gp, c.h)
+			p.deferHeld(c.gp, c.h, "")
+		default:
+			r.budget--
+			p.stopHeld(c.gp, c.h)
+		}
+	}
+	for _, c := range chosen {
+		if !oneByOne(c) {
+			p.release(c.gp, c.h)
+		}
+	}
+	for _, c := range chosen {
+		if !oneByOne(c) && !p.finishHeld(c.gp, c.h) {
+			p.stopHeld(c.gp, c.h)
+		}
+	}
+}
+
+// finishRollout records a job's rollout in p.rollouts and its deferred
+// allocations in p.deferred, from the counts after placePass.
+func (p *planner) finishRollout(j *Job, groups []*groupPlan) {
+	gs := rolled(groups)
+	if len(gs) == 0 {
+		return
+	}
+	state, why, progressAt := p.progress(j, gs)
+	out := protocol.Rollout{Version: j.Version, State: state, Description: why, StartedAt: p.now, ProgressAt: progressAt}
+	if in := inputRollout(j); in != nil {
+		out.StartedAt, out.RevertedTo = in.StartedAt, in.RevertedTo
 	}
 	if !out.Done() {
-		if why := p.failure(gs, func(g *groupRollout) tally { return g.pre }, out.ProgressAt); why != "" {
-			out.State, out.Description = protocol.RolloutFailed, why
+		if w := p.failure(gs, func(r *rolloutGroup) tally { return r.n }, out.ProgressAt); w != "" {
+			out.State, out.Description = protocol.RolloutFailed, w
 		}
 	}
-
-	for k := range gs {
-		g := &gs[k]
-		g.canaries, g.promoted = g.gp.roll.policy.Canary, false
-		if ig := inputGroup(in, g.gp.group.Name); ig != nil {
-			g.canaries, g.promoted = ig.Canaries, ig.Promoted
-		} else if len(g.gp.roll.held) == 0 {
-			g.canaries = 0 // the version arrives by placement: no canaries
-		}
-		g.from = len(p.deferred)
-		p.gate(g, out.State)
-		g.stale = len(p.deferred) - g.from
-	}
-
-	// The final state, from the counts after the updates.
-	if !out.Done() {
-		if why := p.failure(gs, func(g *groupRollout) tally { return g.gp.roll.n }, out.ProgressAt); why != "" {
-			out.State, out.Description = protocol.RolloutFailed, why
-			for k := range gs {
-				for i := gs[k].from; i < gs[k].from+gs[k].stale; i++ {
-					p.deferred[i].reason = reasonRolloutFailed
-				}
+	if out.State == protocol.RolloutFailed {
+		for _, gp := range gs {
+			for k := range gp.roll.deferred {
+				gp.roll.deferred[k].reason = reasonRolloutFailed
 			}
 		}
 	}
-	pending, waiting := 0, 0
+	pending := 0
 	allDone := true
-	for _, g := range gs {
-		n, pol := g.gp.roll.n, g.gp.roll.policy
-		if g.stale > 0 || n.unhealthy > 0 || n.inFlight > 0 || (pol.OfflineWait && n.offline > 0) {
+	for _, gp := range gs {
+		n, pol := gp.roll.n, gp.roll.policy
+		if len(gp.roll.deferred) > 0 || n.unhealthy > 0 || n.inFlight > 0 || (pol.OfflineWait && n.offline > 0) {
 			allDone = false
 		}
 		if !pol.OfflineWait {
 			pending += n.offline
 		}
-		waiting += g.stale
 	}
 	switch {
 	case out.Done():
@@ -333,29 +541,38 @@ func (p *planner) rolloutJob(j *Job, groups []*groupPlan) {
 			out.Description += fmt.Sprintf(", %d pending on offline devices", pending)
 		}
 	default:
-		out.State, out.Description = protocol.RolloutRunning, ""
-		for _, g := range gs {
-			if g.waiting {
+		for _, gp := range gs {
+			if gp.roll.waiting {
 				out.State = protocol.RolloutPaused
-				out.Description = groupPrefix(gs, g.gp) + fmt.Sprintf("%s healthy; promote with `tether job promote %s`", canaries(g.canaries), j.Job.ID)
+				out.Description = groupPrefix(gs, gp) + fmt.Sprintf("%s healthy; promote with `tether job promote %s`", canaries(gp.roll.canaries), j.Job.ID)
 				break
 			}
 		}
 	}
-
-	for k := range gs {
-		g := &gs[k]
-		r := g.gp.roll
-		for i := g.from; i < g.from+g.stale; i++ {
-			if p.deferred[i].reason == "" {
-				p.deferred[i].reason = fmt.Sprintf("max_parallel %d: %d updating", r.policy.MaxParallel, r.n.inFlight)
+	for _, gp := range gs {
+		r := gp.roll
+		if len(r.deferred) > 0 {
+			// Named from the final counts, which the next plan starts
+			// from: the canaries are all there, or the budget is spent.
+			busy := fmt.Sprintf("max_parallel %d: %d updating", r.policy.MaxParallel, r.n.inFlight)
+			if unplaced := gp.status.Desired - gp.status.Placed; unplaced > 0 {
+				busy += fmt.Sprintf(", %d unplaced", unplaced)
+			}
+			if r.canary && r.n.updated >= min(r.canaries, r.n.updated+len(r.deferred)) {
+				busy = "awaiting promotion: " + canaries(r.canaries)
+			}
+			for k := range r.deferred {
+				if r.deferred[k].reason == "" {
+					r.deferred[k].reason = busy
+				}
 			}
 		}
-		if out.State == protocol.RolloutRunning && out.Description == "" && g.stale > 0 {
-			out.Description = groupPrefix(gs, g.gp) + fmt.Sprintf("%d waiting: %s", g.stale, p.deferred[g.from].reason)
+		if out.State == protocol.RolloutRunning && out.Description == "" && len(r.deferred) > 0 {
+			out.Description = groupPrefix(gs, gp) + fmt.Sprintf("%d waiting: %s", len(r.deferred), r.deferred[0].reason)
 		}
+		p.deferred = append(p.deferred, r.deferred...)
 		rg := protocol.RolloutGroup{
-			Name: g.gp.group.Name, Total: g.gp.status.Desired, Canaries: g.canaries, Promoted: g.promoted,
+			Name: gp.group.Name, Total: gp.status.Desired, Canaries: r.canaries, Promoted: r.promoted,
 			Updated: r.n.updated, Healthy: r.n.healthy, Unhealthy: r.n.unhealthy,
 		}
 		if !r.policy.OfflineWait {
@@ -397,7 +614,7 @@ func inputGroup(in *protocol.Rollout, name string) *protocol.RolloutGroup {
 
 // groupPrefix names the group in a description when the job rolls out
 // several.
-func groupPrefix(gs []groupRollout, gp *groupPlan) string {
+func groupPrefix(gs []*groupPlan, gp *groupPlan) string {
 	if len(gs) < 2 {
 		return ""
 	}
@@ -408,17 +625,17 @@ func groupPrefix(gs []groupRollout, gp *groupPlan) string {
 // does not: the first group (in document order) crossing its abort
 // threshold, else the first with allocations in flight past its progress
 // deadline.
-func (p *planner) failure(gs []groupRollout, counts func(*groupRollout) tally, progressAt time.Time) string {
-	for k := range gs {
-		n, pol := counts(&gs[k]), gs[k].gp.roll.policy
+func (p *planner) failure(gs []*groupPlan, counts func(*rolloutGroup) tally, progressAt time.Time) string {
+	for _, gp := range gs {
+		n, pol := counts(gp.roll), gp.roll.policy
 		if pol.Aborts(n.unhealthy, n.updated) {
-			return groupPrefix(gs, gs[k].gp) + fmt.Sprintf("%d of %d updated allocations unhealthy (%s)", n.unhealthy, n.updated, abortThreshold(pol))
+			return groupPrefix(gs, gp) + fmt.Sprintf("%d of %d updated allocations unhealthy (%s)", n.unhealthy, n.updated, abortThreshold(pol))
 		}
 	}
-	for k := range gs {
-		n, pol := counts(&gs[k]), gs[k].gp.roll.policy
+	for _, gp := range gs {
+		n, pol := counts(gp.roll), gp.roll.policy
 		if n.inFlight > 0 && !p.now.Before(progressAt.Add(pol.ProgressDeadline)) {
-			return groupPrefix(gs, gs[k].gp) + fmt.Sprintf("no allocation became healthy within progress_deadline %s", pol.ProgressDeadline)
+			return groupPrefix(gs, gp) + fmt.Sprintf("no allocation became healthy within progress_deadline %s", pol.ProgressDeadline)
 		}
 	}
 	return ""
@@ -433,77 +650,4 @@ func abortThreshold(pol protocol.UpdatePolicy) string {
 		s += fmt.Sprintf(" once %d are updated", pol.MinDevices)
 	}
 	return s
-}
-
-// gate decides the held allocations of one group, in device then id order:
-// updated now, or deferred with a reason ("" for max_parallel, filled in
-// once the group's final count is known).
-func (p *planner) gate(g *groupRollout, state protocol.RolloutState) {
-	gp := g.gp
-	r := gp.roll
-	pol := r.policy
-	held := r.held
-	slices.SortFunc(held, func(a, b heldAlloc) int {
-		return cmp.Or(cmp.Compare(a.di, b.di), strings.Compare(p.allocs[a.i].ID, p.allocs[b.i].ID))
-	})
-	budget := max(0, pol.MaxParallel-g.pre.inFlight)
-	canaryPhase := !g.promoted && g.canaries > 0 && state != protocol.RolloutSuccessful
-	canaryLeft := 0
-	if canaryPhase {
-		target := min(g.canaries, gp.status.Desired)
-		switch {
-		case g.pre.updated < target || g.pre.healthy < g.pre.updated:
-			canaryLeft = target - g.pre.updated
-		case pol.AutoPromote:
-			g.promoted, canaryPhase = true, false
-		default:
-			g.waiting = len(held) > 0
-		}
-	}
-	awaiting := "awaiting promotion: " + canaries(g.canaries)
-	replace := false
-	for _, h := range held {
-		d := p.devs[h.di]
-		online := d.Presence == protocol.Online
-		switch {
-		case state == protocol.RolloutFailed:
-			p.deferHeld(gp, h, reasonRolloutFailed)
-		case d.Draining && gp.movesOnDrain():
-			p.deferHeld(gp, h, reasonDraining) // it moves elsewhere: no point updating it here
-		case !online && canaryPhase:
-			p.deferHeld(gp, h, awaiting) // canaries go to online devices only
-		case !online && pol.OfflineWait:
-			p.deferHeld(gp, h, reasonOfflineWait)
-		case !online:
-			// offline: skip. The device applies the version when it
-			// returns; that takes no budget, unless the new demand does
-			// not fit and the slot must move to an online device.
-			if updated, _ := p.updateHeld(gp, h, budget == 0); updated {
-				continue
-			}
-			if budget == 0 {
-				p.deferHeld(gp, h, "")
-				continue
-			}
-			budget--
-			replace = true
-		case canaryPhase && canaryLeft <= 0:
-			p.deferHeld(gp, h, awaiting)
-		case budget == 0:
-			canaryLeft--
-			p.deferHeld(gp, h, "")
-		default:
-			canaryLeft--
-			budget--
-			if _, stopped := p.updateHeld(gp, h, false); stopped {
-				replace = true
-			}
-		}
-	}
-	if replace {
-		// Updates that did not fit their device stopped: place their slots
-		// again, as a group's new slots are.
-		gp.status = protocol.GroupStatus{Name: gp.status.Name}
-		p.placePass(gp)
-	}
 }
