@@ -149,7 +149,7 @@ func TestCanaryRolloutWaitsForPromotion(t *testing.T) {
 	}
 	// A promotion of another version is ignored.
 	f.publish(f.topics.Promote("svc"), protocol.Promote{Job: "svc", Version: 1})
-	f.device("sentinel", 10, 10, nil)
+	f.device("sentinel", 1000, 1024, nil) // room for svc: it joins the rollout
 	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the sentinel", func(s protocol.FleetSummary) bool { return s.Devices.Total == 5 })
 	if st := wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "status", func(protocol.JobStatus) bool { return true }); st.Rollout.State != protocol.RolloutPaused {
 		t.Fatalf("a promotion of version 1 moved the rollout of version 2: %+v", st.Rollout)
