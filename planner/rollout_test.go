@@ -106,10 +106,23 @@ func TestRolloutFailsAndRevertsToStableVersion(t *testing.T) {
 	if st.Rollout == nil || st.Rollout.Version != 3 {
 		t.Fatalf("the revert has no rollout: %+v", st)
 	}
-	for _, d := range devs {
-		wait(f, f.topics.Desired(d), protocol.DecodeDesired, d+" back on img:1", func(d protocol.Desired) bool {
-			return image(d) == "img:1" && d.Allocations[0].JobVersion == 3
-		})
+	// Devices report the revert healthy as it reaches them, one at a time.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		back := 0
+		for _, d := range devs {
+			if des := f.desired(d); image(des) == "img:1" && des.Allocations[0].JobVersion == 3 {
+				back++
+			}
+		}
+		if back == len(devs) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d devices back on img:1 at version 3", back, len(devs))
+		}
+		f.reportAll(devs, healthy)
+		time.Sleep(200 * time.Millisecond)
 	}
 	f.reportAll(devs, healthy)
 	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "the revert rolled out", func(s protocol.JobStatus) bool {
