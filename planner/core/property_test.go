@@ -126,7 +126,7 @@ func TestPropertyOneSurvivorOnceOnline(t *testing.T) {
 		}
 		again := Compute(feedBack(back, q), t0)
 		if o := outcomeOf(again); o.Place != "" || o.Update != "" || o.Stop != "" {
-			t.Fatalf("feeding the reconciled plan back changed it: %+v", o)
+			t.Fatalf("feeding the reconciled plan back changed it: %+v (reconciled %+v)\n%s", o, outcomeOf(q), dumpSnapshot(back))
 		}
 	})
 }

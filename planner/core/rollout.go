@@ -409,8 +409,8 @@ func (p *planner) gate(gp *groupPlan, state protocol.RolloutState, chosen []chos
 	if canaryPhase {
 		target := min(r.canaries, r.pre.updated+len(held))
 		switch {
-		case r.pre.updated < target || r.pre.healthy < r.pre.updated:
-			canaryLeft = target - r.pre.updated
+		case target == 0 || r.pre.updated < target || r.pre.healthy < r.pre.updated:
+			canaryLeft = target - r.pre.updated // none left to promote on, or not all there and healthy
 		case pol.AutoPromote:
 			r.promoted, canaryPhase = true, false
 		default:
