@@ -137,15 +137,17 @@
 //     2 updating") when none is left.
 //   - Canaries. While the version is not promoted for the group
 //     (RolloutGroup.Promoted in Job.Rollout) and the group wants canaries,
-//     at most Canary of its allocations (no more than it has) may run the
-//     job's version, placements included; canaries go to online devices
-//     only, the rest waits ("awaiting promotion: 2 canaries"). A group wants
-//     canaries when the first plan of the version found allocations to
-//     update destructively (RolloutGroup.Canaries carries it from plan to
-//     plan; an initial placement has none). Once every allocation at the
-//     version is healthy, auto_promote promotes the group and the rollout
-//     goes on in the same plan; otherwise the rollout pauses until the
-//     operator promotes (the shell sets Promoted).
+//     at most Canary of its instances (no more than it has) may run the
+//     job's version, placements and missing instances included (a plan
+//     cannot tell afterwards how an allocation came to the version);
+//     canaries go to online devices only, the rest waits ("awaiting
+//     promotion: 2 canaries"). A group wants canaries when the first plan
+//     of the version found allocations to update destructively
+//     (RolloutGroup.Canaries carries it from plan to plan; an initial
+//     placement has none). Once they are all there and healthy,
+//     auto_promote promotes the group and the rollout goes on in the same
+//     plan; otherwise the rollout pauses until the operator promotes (the
+//     shell sets Promoted).
 //   - Offline devices. With offline: skip (the default), once past the
 //     canaries, an allocation on an offline device is updated at once
 //     without taking budget: the device applies it when it returns; it is

@@ -823,6 +823,11 @@ func genSnapshot(t *rapid.T) Snapshot {
 		}
 		st := protocol.AllocStatus{ID: a.ID, Job: a.Job, JobVersion: v, Group: a.Group, State: state}
 		st.Health = rapid.SampledFrom([]protocol.Health{"", "", protocol.Healthy, protocol.Unhealthy}).Draw(t, "health")
+		if v == a.JobVersion && runsOtherSpec(s.Jobs, a) {
+			// Versions are immutable: a verdict about this version and
+			// other tasks cannot exist (the allocation is generated stale).
+			st.Health = ""
+		}
 		for _, tk := range a.Tasks {
 			ts := protocol.TaskStatus{Name: tk.Name, State: protocol.TaskRunning}
 			if ago := rapid.SampledFrom([]time.Duration{-1, 0, time.Minute, time.Hour}).Draw(t, "started ago"); ago >= 0 {
@@ -835,6 +840,22 @@ func genSnapshot(t *rapid.T) Snapshot {
 	}
 	genRollouts(t, s.Jobs)
 	return s
+}
+
+// runsOtherSpec reports whether an allocation is at its job's version with
+// another type or other tasks than that version's.
+func runsOtherSpec(jobs []Job, a Alloc) bool {
+	for _, j := range latestJobs(jobs) {
+		if j.Job.ID != a.Job || j.Version != a.JobVersion {
+			continue
+		}
+		for _, g := range j.Job.Groups {
+			if g.Name == a.Group {
+				return a.Type != j.Job.Type || !sameTasks(a.Tasks, g.Tasks)
+			}
+		}
+	}
+	return false
 }
 
 // genRollouts gives some jobs the rollout a previous plan left, of their
@@ -1180,7 +1201,7 @@ func TestPropertyRolloutSteps(t *testing.T) {
 				}
 				d.Reported = maps.Clone(d.Reported)
 				for _, a := range p.Allocations {
-					if a.Device != d.ID || d.Presence != protocol.Online {
+					if a.Device != d.ID || d.Presence != protocol.Online || runsOtherSpec(s.Jobs, a) {
 						continue
 					}
 					if v := rapid.SampledFrom([]protocol.Health{"", protocol.Healthy, protocol.Healthy, protocol.Unhealthy}).Draw(t, "verdict"); v != "" {

@@ -55,7 +55,6 @@ type rolloutGroup struct {
 	canaries int
 	promoted bool
 	canary   bool // in the canary phase: not promoted, canaries wanted
-	waiting  bool // every canary healthy: the version awaits promotion
 	budget   int  // left for updates on offline devices that do not fit
 	deferred []deferral
 }
@@ -392,10 +391,12 @@ func (p *planner) missing(gp *groupPlan) int {
 // filled in once the group's final count is known).
 //
 // Canaries: while the version is not promoted and the group wants
-// canaries, at most that many of its allocations (but no more than it has)
-// may be at the job's version, counting every allocation there; once all
-// of them are healthy the version promotes itself (auto_promote) and the
-// rollout goes on in the same plan, or the group waits for the operator.
+// canaries, at most that many of its instances (but no more than it has)
+// may be at the job's version, counting every allocation there and every
+// missing instance (placed at the version when it can be); once all of
+// them are there and healthy the version promotes itself (auto_promote) and
+// the rollout goes on in the same plan, or the group waits for the
+// operator.
 func (p *planner) gate(gp *groupPlan, state protocol.RolloutState, chosen []chosenUpdate) []chosenUpdate {
 	r := gp.roll
 	pol := r.policy
@@ -407,14 +408,15 @@ func (p *planner) gate(gp *groupPlan, state protocol.RolloutState, chosen []chos
 	canaryPhase := !r.promoted && r.canaries > 0 && state != protocol.RolloutSuccessful
 	canaryLeft := 0
 	if canaryPhase {
-		target := min(r.canaries, r.pre.updated+len(held))
+		// Missing instances will run the version once placed: canaries
+		// too, not there yet.
+		there := r.pre.updated + r.missing
+		target := min(r.canaries, there+len(held))
 		switch {
-		case target == 0 || r.pre.updated < target || r.pre.healthy < r.pre.updated:
-			canaryLeft = target - r.pre.updated // none left to promote on, or not all there and healthy
+		case target == 0 || there < target || r.missing > 0 || r.pre.healthy < r.pre.updated:
+			canaryLeft = target - there // none to promote on, or not all there and healthy
 		case pol.AutoPromote:
 			r.promoted, canaryPhase = true, false
-		default:
-			r.waiting = len(held) > 0
 		}
 	}
 	r.canary = canaryPhase
@@ -542,7 +544,7 @@ func (p *planner) finishRollout(j *Job, groups []*groupPlan) {
 		}
 	default:
 		for _, gp := range gs {
-			if gp.roll.waiting {
+			if gp.roll.awaitsPromotion(unplaced(gp)) {
 				out.State = protocol.RolloutPaused
 				out.Description = groupPrefix(gs, gp) + fmt.Sprintf("%s healthy; promote with `tether job promote %s`", canaries(gp.roll.canaries), j.Job.ID)
 				break
@@ -555,10 +557,10 @@ func (p *planner) finishRollout(j *Job, groups []*groupPlan) {
 			// Named from the final counts, which the next plan starts
 			// from: the canaries are all there, or the budget is spent.
 			busy := fmt.Sprintf("max_parallel %d: %d updating", r.policy.MaxParallel, r.n.inFlight)
-			if unplaced := gp.status.Desired - gp.status.Placed; unplaced > 0 {
-				busy += fmt.Sprintf(", %d unplaced", unplaced)
+			if n := unplaced(gp); n > 0 {
+				busy += fmt.Sprintf(", %d unplaced", n)
 			}
-			if r.canary && r.n.updated >= min(r.canaries, r.n.updated+len(r.deferred)) {
+			if there := r.n.updated + unplaced(gp); r.canary && there >= min(r.canaries, there+len(r.deferred)) {
 				busy = "awaiting promotion: " + canaries(r.canaries)
 			}
 			for k := range r.deferred {
@@ -590,6 +592,19 @@ func (p *planner) finishRollout(j *Job, groups []*groupPlan) {
 	}
 	p.rollouts[j.Job.ID] = out
 }
+
+// awaitsPromotion reports whether the group waits for the operator: every
+// canary is there and healthy (by the final counts, which the next plan
+// starts from), the rest waits.
+func (r *rolloutGroup) awaitsPromotion(unplaced int) bool {
+	target := min(r.canaries, r.n.updated+unplaced+len(r.deferred))
+	return r.canary && !r.policy.AutoPromote && len(r.deferred) > 0 && target > 0 && unplaced == 0 &&
+		r.n.updated >= target && r.n.healthy == r.n.updated
+}
+
+// unplaced is how many instances a group lacks after placePass: the next
+// plan's missing ones.
+func unplaced(gp *groupPlan) int { return gp.status.Desired - gp.status.Placed }
 
 // canaries is "1 canary", "2 canaries".
 func canaries(n int) string {
