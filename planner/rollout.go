@@ -330,8 +330,8 @@ func (p *Planner) DryRun(payload []byte, now time.Time) protocol.PlanResult {
 		}
 	}
 	for _, a := range plan.Update {
-		if a.Job != job.ID {
-			continue
+		if a.Job != job.ID || a.JobVersion != res.Version {
+			continue // another job, or only a cleared Replaces mark (still deferred)
 		}
 		if o, ok := old[a.ID]; ok && !tasksEqual(o.Tasks, a.Tasks) {
 			res.Destructive = append(res.Destructive, planned(a, ""))
