@@ -531,6 +531,11 @@ func (p *planner) finishRollout(j *Job, groups []*groupPlan) {
 		if len(gp.roll.deferred) > 0 || n.unhealthy > 0 || n.inFlight > 0 || (pol.OfflineWait && n.offline > 0) {
 			allDone = false
 		}
+		if n.updated == 0 && gp.status.Desired > 0 {
+			// Nothing runs the version yet (nothing could be placed): a
+			// rollout that reached no device did not succeed.
+			allDone = false
+		}
 		if !pol.OfflineWait {
 			pending += n.offline
 		}
