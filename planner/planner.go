@@ -21,6 +21,9 @@ import (
 type Bus interface {
 	Subscribe(ctx context.Context, filter string, qos byte, h bus.Handler) error
 	Publish(ctx context.Context, topic string, payload []byte, retain bool, qos byte) error
+	// Barrier returns once every message queued for the client before it
+	// was called has been handed to its handlers.
+	Barrier(ctx context.Context, root string) error
 }
 
 // Config of a planner.
@@ -89,6 +92,13 @@ func (p *Planner) Run(ctx context.Context) error {
 		}
 	}
 	p.log.Info().Strs("filters", filters).Msg("planner subscribed")
+	// Apply the retained state (job documents, reports, presence) before
+	// the first plan: a plan from what the store held before the restart
+	// could fail a rollout whose allocations became healthy meanwhile, or
+	// revert a job over a document its operator published meanwhile.
+	if err := p.catchUp(ctx); err != nil {
+		return fmt.Errorf("planner: %w", err)
+	}
 	// Publish whatever a previous run decided but could not deliver, and
 	// whatever the store implies, before waiting for news.
 	next := p.reconcile(ctx)
@@ -126,6 +136,32 @@ func (p *Planner) Run(ctx context.Context) error {
 			p.flushDevices()
 			arm(p.reconcile(ctx))
 			p.answerDryRuns(ctx)
+		}
+	}
+}
+
+// catchUp applies every message the broker delivered before a barrier round
+// trip (the retained state, after subscribing).
+func (p *Planner) catchUp(ctx context.Context) error {
+	bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.cfg.Bus.Barrier(bctx, p.cfg.Topics.Base()) }()
+	for {
+		select {
+		case m := <-p.events:
+			p.apply(m)
+		case err := <-done:
+			// Everything before the barrier is in the channel now.
+			for {
+				select {
+				case m := <-p.events:
+					p.apply(m)
+				default:
+					p.flushDevices()
+					return err
+				}
+			}
 		}
 	}
 }
@@ -383,6 +419,9 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 		return snap, nil, nil, err
 	}
 	for _, d := range devs {
+		if d.Facts == nil && d.Presence == nil && d.Reported == nil {
+			continue // only an operator's scheduling setting: no device has shown up
+		}
 		cd := core.Device{ID: d.ID, Reported: map[string]protocol.AllocStatus{}}
 		if d.Facts != nil {
 			cd.Facts, cd.HasFacts = *d.Facts, true
@@ -395,7 +434,7 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 			}
 		}
 		if sc := d.Scheduling; sc != nil {
-			cd.Ineligible = !sc.Eligible
+			cd.Ineligible = !sc.IsEligible()
 			cd.Draining = sc.Drain
 		}
 		if d.Presence != nil {

@@ -131,8 +131,23 @@ func (p *Planner) knownGood(h store.JobHead, rec store.JobRecord) (*protocol.Rol
 // (without canaries: see knownGood). It returns the version reverted to, 0
 // if none.
 func (p *Planner) revert(ctx context.Context, id string, h store.JobHead, r protocol.Rollout) (uint64, error) {
+	// Read the head again: a document or a stop the operator published
+	// since the snapshot wins over the revert.
+	heads, err := p.cfg.Store.Jobs()
+	if err != nil {
+		return 0, err
+	}
+	for _, x := range heads {
+		if x.ID == id {
+			h = x
+		}
+	}
+	if h.Stopped || h.Latest != r.Version {
+		return 0, nil
+	}
+	first := h.Rollout == nil || h.Rollout.State != protocol.RolloutFailed
 	if h.Stable == 0 || h.Stable >= r.Version {
-		if h.Rollout == nil || h.Rollout.State != protocol.RolloutFailed {
+		if first {
 			p.log.Warn().Str("job", id).Uint64("version", r.Version).Msg("rollout failed; no earlier stable version to revert to")
 		}
 		return 0, nil
@@ -140,6 +155,18 @@ func (p *Planner) revert(ctx context.Context, id string, h store.JobHead, r prot
 	rec, err := p.cfg.Store.JobVersion(id, h.Stable)
 	if err != nil {
 		return 0, err
+	}
+	failed, err := p.cfg.Store.JobVersion(id, r.Version)
+	if err != nil {
+		return 0, err
+	}
+	if failed.Job.Equal(rec.Job) {
+		// The failed version is the stable document already (a revert
+		// that failed too): publishing it again would change nothing.
+		if first {
+			p.log.Warn().Str("job", id).Uint64("version", r.Version).Msg("rollout of the last stable document failed; nothing to revert to")
+		}
+		return 0, nil
 	}
 	payload, err := protocol.Encode(rec.Job)
 	if err != nil {
@@ -303,10 +330,10 @@ func (p *Planner) DryRun(payload []byte, now time.Time) protocol.PlanResult {
 			res.Version, res.Unchanged = j.Version, true
 			break
 		}
-		snap.Jobs[i] = core.Job{Job: job, Version: res.Version}
+		snap.Jobs[i] = p.dryRunJob(heads, job, res.Version)
 	}
 	if !replaced {
-		snap.Jobs = append(snap.Jobs, core.Job{Job: job, Version: res.Version})
+		snap.Jobs = append(snap.Jobs, p.dryRunJob(heads, job, res.Version))
 	}
 	plan := core.Compute(snap, now)
 	old := map[string]core.Alloc{}
@@ -362,6 +389,21 @@ func (p *Planner) DryRun(payload []byte, now time.Time) protocol.PlanResult {
 	}
 	res.Groups = plan.Groups[job.ID]
 	return res
+}
+
+// dryRunJob is the job a dry run plans: the document as the version it
+// would become, promoted from the start when it equals a stable version,
+// as the real submission would be (see knownGood).
+func (p *Planner) dryRunJob(heads []store.JobHead, job protocol.Job, version uint64) core.Job {
+	j := core.Job{Job: job, Version: version}
+	for _, h := range heads {
+		if h.ID == job.ID {
+			if r, err := p.knownGood(h, store.JobRecord{Version: version, Job: job}); err == nil {
+				j.Rollout = r
+			}
+		}
+	}
+	return j
 }
 
 func tasksEqual(a, b []protocol.Task) bool {

@@ -39,6 +39,16 @@ func image(d protocol.Desired) string {
 	return d.Allocations[0].Tasks[0].Config.Image
 }
 
+// syncDryRun asks for a dry run and waits for its answer: the planner has
+// then applied every message published before.
+func (f *fixture) syncDryRun(nonce string) {
+	f.t.Helper()
+	if err := f.obs.Publish(f.t.Context(), f.topics.Plan(nonce), []byte(webJob), false, 1); err != nil {
+		f.t.Fatal(err)
+	}
+	wait(f, f.topics.PlanResult(nonce), protocol.DecodePlanResult, "a dry run's answer", func(protocol.PlanResult) bool { return true })
+}
+
 func healthy(protocol.Allocation) protocol.Health { return protocol.Healthy }
 
 func rolloutJob(img, update string) string {
@@ -160,20 +170,26 @@ func TestCanaryRolloutWaitsForPromotion(t *testing.T) {
 	if g := st.Rollout.Groups[0]; g.Updated != 1 || g.Healthy != 1 || g.Promoted {
 		t.Fatalf("paused rollout: %+v", g)
 	}
-	// A promotion of another version is ignored.
-	f.publish(f.topics.Promote("svc"), protocol.Promote{Job: "svc", Version: 1})
-	f.device("sentinel", 1000, 1024, nil) // room for svc: it joins the rollout
-	wait(f, f.topics.FleetSummary(), protocol.DecodeFleetSummary, "the sentinel", func(s protocol.FleetSummary) bool { return s.Devices.Total == 5 })
+	// A promotion of another version is ignored. A dry run's answer comes
+	// after the planner applied (and planned from) the promotion.
+	raw, _ := protocol.Encode(protocol.Promote{Job: "svc", Version: 1})
+	if err := f.obs.Publish(t.Context(), f.topics.Promote("svc"), raw, false, 1); err != nil {
+		t.Fatal(err)
+	}
+	f.syncDryRun("sync1")
 	if st := wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "status", func(protocol.JobStatus) bool { return true }); st.Rollout.State != protocol.RolloutPaused {
 		t.Fatalf("a promotion of version 1 moved the rollout of version 2: %+v", st.Rollout)
 	}
 
-	f.publish(f.topics.Promote("svc"), protocol.Promote{Job: "svc", Version: 2})
+	raw, _ = protocol.Encode(protocol.Promote{Job: "svc", Version: 2})
+	if err := f.obs.Publish(t.Context(), f.topics.Promote("svc"), raw, false, 1); err != nil {
+		t.Fatal(err)
+	}
 	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "promoted, 2 more updating", func(s protocol.JobStatus) bool {
 		return s.Rollout != nil && s.Rollout.Groups[0].Promoted && s.Rollout.Groups[0].Updated == 3
 	})
 	for i := 0; i < 3; i++ {
-		f.reportAll(append(devs, "sentinel"), healthy)
+		f.reportAll(devs, healthy)
 		time.Sleep(100 * time.Millisecond)
 	}
 	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "v2 rolled out", func(s protocol.JobStatus) bool {
@@ -245,4 +261,39 @@ func TestDrainMovesServiceAllocations(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// A planner that restarts applies what arrived while it was down before it
+// plans: a document the operator published meanwhile is not overwritten by
+// an auto-revert planned from the stale store.
+func TestRestartAppliesRetainedStateBeforePlanning(t *testing.T) {
+	f := newFixture(t)
+	devs := []string{"a", "b"}
+	for _, d := range devs {
+		f.device(d, 1000, 1024, nil)
+	}
+	f.startPlanner()
+	update := `{"max_parallel":1,"auto_revert":true,"min_healthy_time":"100ms","healthy_deadline":"500ms","progress_deadline":"1s"}`
+	f.publish(f.topics.Job("svc"), rolloutJob("img:1", update))
+	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "2 placements", func(s protocol.JobStatus) bool { return s.Counts.Placed == 2 })
+	f.reportAll(devs, healthy)
+	wait(f, f.topics.History("svc"), protocol.DecodeJobHistory, "v1 stable", func(h protocol.JobHistory) bool { return len(h.Versions) == 1 && h.Versions[0].Stable })
+	f.publish(f.topics.Job("svc"), rolloutJob("img:2", update))
+	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "v2 on one device", func(s protocol.JobStatus) bool {
+		return s.Rollout != nil && s.Rollout.Version == 2 && s.Rollout.Groups[0].Updated == 1
+	})
+	f.stopPlanner()
+
+	// The planner stays down past the progress deadline, and the operator
+	// publishes version 3 meanwhile. Planned from the store alone, version
+	// 2 would fail and revert over version 3.
+	time.Sleep(1500 * time.Millisecond)
+	f.publish(f.topics.Job("svc"), rolloutJob("img:9", `{"max_parallel":1}`))
+	f.startPlanner()
+	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "version 3 in force", func(s protocol.JobStatus) bool { return s.Version == 3 })
+	f.syncDryRun("after-restart")
+	h := wait(f, f.topics.History("svc"), protocol.DecodeJobHistory, "the history", func(h protocol.JobHistory) bool { return h.Versions[0].Version == 3 })
+	if len(h.Versions) != 3 || h.Versions[0].Job.Groups[0].Tasks[0].Config.Image != "img:9" {
+		t.Fatalf("the operator's version 3 must stay in force: %+v", h.Versions[0])
+	}
 }

@@ -43,7 +43,7 @@ func goldenMessages() map[string]any {
 			Rollout: &Rollout{Version: 3, State: RolloutPaused, Description: "canaries healthy: waiting for promotion", StartedAt: at, ProgressAt: at,
 				Groups: []RolloutGroup{{Name: "web", Total: 40, Canaries: 2, Updated: 3, Healthy: 2, PendingOffline: 1}}}, UpdatedAt: at},
 		"promote":    Promote{Job: "hello", Version: 3},
-		"scheduling": Scheduling{Device: "pi-07", Eligible: false, Drain: true},
+		"scheduling": Scheduling{Device: "pi-07", Drain: true},
 		"history": JobHistory{Job: "hello", Versions: []JobVersionEntry{{Version: 2, SubmittedAt: at, Digest: "ab12", Stable: true,
 			Rollout: &Rollout{Version: 2, State: RolloutSuccessful, StartedAt: at, ProgressAt: at, Groups: []RolloutGroup{{Name: "web", Total: 2, Updated: 2, Healthy: 2}}},
 			Job:     Job{ID: "hello", Type: JobService, Groups: []Group{{Name: "web", Update: &Update{MaxParallel: 2, Canary: 1, AutoRevert: true, Abort: &Abort{FailureRatio: 0.1, MinDevices: 20}}, Tasks: []Task{task}}}}}}},

@@ -292,9 +292,16 @@ func DecodePromote(data []byte) (Promote, error) {
 // service allocations move to other devices, max_parallel at a time per
 // group.
 type Scheduling struct {
-	Device   string `json:"device"`
-	Eligible bool   `json:"eligible"`
-	Drain    bool   `json:"drain,omitempty"`
+	Device string `json:"device"`
+	// Eligible false makes the device ineligible; omitted means eligible
+	// unless Drain is set.
+	Eligible *bool `json:"eligible,omitempty"`
+	Drain    bool  `json:"drain,omitempty"`
+}
+
+// IsEligible reports whether the device takes new allocations.
+func (s Scheduling) IsEligible() bool {
+	return !s.Drain && (s.Eligible == nil || *s.Eligible)
 }
 
 // DecodeScheduling reads and validates a device's scheduling message.
@@ -307,7 +314,7 @@ func DecodeScheduling(data []byte) (Scheduling, error) {
 	if err := ValidateID(s.Device); err != nil {
 		errs = append(errs, fieldErr("device", "%v", err))
 	}
-	if s.Drain && s.Eligible {
+	if s.Drain && s.Eligible != nil && *s.Eligible {
 		errs = append(errs, fieldErr("eligible", "must be false while drain is true: a draining device takes no new allocation"))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -102,8 +102,15 @@ func TestSchedulingAndPromoteValidation(t *testing.T) {
 		err.Error() != "eligible: must be false while drain is true: a draining device takes no new allocation" {
 		t.Errorf("eligible and draining: %v", err)
 	}
-	if s, err := DecodeScheduling([]byte(`{"device":"d1","eligible":false}`)); err != nil || s.Eligible || s.Drain {
+	if s, err := DecodeScheduling([]byte(`{"device":"d1","eligible":false}`)); err != nil || s.IsEligible() || s.Drain {
 		t.Errorf("ineligible: %+v %v", s, err)
+	}
+	// Omitted eligible means eligible, unless draining.
+	if s, err := DecodeScheduling([]byte(`{"device":"d1","drain":false}`)); err != nil || !s.IsEligible() {
+		t.Errorf("drain false alone: %+v %v", s, err)
+	}
+	if s, err := DecodeScheduling([]byte(`{"device":"d1","drain":true}`)); err != nil || s.IsEligible() || !s.Drain {
+		t.Errorf("draining: %+v %v", s, err)
 	}
 	if _, err := DecodePromote([]byte(`{"job":"x"}`)); err == nil || err.Error() != "version: required: the version being rolled out" {
 		t.Errorf("promote without version: %v", err)

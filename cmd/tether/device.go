@@ -101,7 +101,7 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 					switch {
 					case sc.Drain:
 						status += ",draining"
-					case !sc.Eligible:
+					case !sc.IsEligible():
 						status += ",ineligible"
 					}
 				}

@@ -108,6 +108,7 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	accepted := false
+	var version uint64
 	last := ""
 	for {
 		var st protocol.JobStatus
@@ -128,10 +129,15 @@ func followRun(ctx context.Context, out, errOut io.Writer, statuses <-chan proto
 				return cli.ExitError{Code: 1}
 			}
 			accepted = true
+			version = st.Version
 			fmt.Fprintf(out, "Accepted as version %d\n", st.Version)
 			if detach {
 				return nil
 			}
+		}
+		if st.Version != version && st.State != protocol.JobStopped {
+			fmt.Fprintf(errOut, "Job %s moved on to version %d, submitted since; follow it with `tether job status %s -w`\n", st.Job, st.Version, st.Job)
+			return cli.ExitError{Code: 1}
 		}
 		if done, err := followRollout(out, errOut, st, &last); done {
 			return err

@@ -407,6 +407,12 @@ func newJobPromoteCmd(g *globals) *cobra.Command {
 						fmt.Fprintf(errOut, "job %s moved on to version %d\n", id, s.Version)
 						return cli.ExitError{Code: 1}
 					}
+					if s.Rollout.Done() {
+						// Over before or without the promotion (a
+						// canary turned unhealthy, say).
+						_, err := followRollout(out, errOut, s, &last)
+						return err
+					}
 					if !promoted {
 						for _, g := range s.Rollout.Groups {
 							promoted = promoted || g.Promoted
@@ -435,12 +441,30 @@ func newDeviceEligibilityCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "eligibility DEVICE (--enable | --disable)",
 		Short: "Allow or forbid new placements on a device; what it runs stays",
-		Args:  cobra.ExactArgs(1),
+		Long: `--disable makes a device ineligible: it gets no new allocation, and keeps
+what it runs. --enable makes it eligible again, and ends a drain.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if enable == disable {
 				return fmt.Errorf("want exactly one of --enable or --disable")
 			}
-			return g.setScheduling(cmd, protocol.Scheduling{Device: args[0], Eligible: enable})
+			id := args[0]
+			if err := protocol.ValidateID(id); err != nil {
+				return fmt.Errorf("device: %w", err)
+			}
+			if disable {
+				cur, err := g.currentScheduling(cmd, id)
+				if err != nil {
+					return err
+				}
+				if cur.Drain {
+					fmt.Fprintf(cmd.OutOrStdout(), "Device %s is draining, so ineligible already; `tether device drain %s --disable` ends the drain\n", id, id)
+					return nil
+				}
+				no := false
+				return g.setScheduling(cmd, protocol.Scheduling{Device: id, Eligible: &no})
+			}
+			return g.setScheduling(cmd, protocol.Scheduling{Device: id})
 		},
 	}
 	cmd.Flags().BoolVar(&enable, "enable", false, "the device takes new allocations (the default)")
@@ -460,11 +484,38 @@ and sysbatch allocations stay. --disable ends the drain and makes the
 device eligible again. Follow the moves with ` + "`tether job status`" + `.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.setScheduling(cmd, protocol.Scheduling{Device: args[0], Eligible: disable, Drain: !disable})
+			if disable {
+				return g.setScheduling(cmd, protocol.Scheduling{Device: args[0]})
+			}
+			return g.setScheduling(cmd, protocol.Scheduling{Device: args[0], Drain: true})
 		},
 	}
 	cmd.Flags().BoolVar(&disable, "disable", false, "stop draining and make the device eligible again")
 	return cmd
+}
+
+// currentScheduling reads a device's retained scheduling setting (the
+// defaults when there is none).
+func (g *globals) currentScheduling(cmd *cobra.Command, id string) (protocol.Scheduling, error) {
+	topics, err := g.topics()
+	if err != nil {
+		return protocol.Scheduling{}, err
+	}
+	c, err := g.dial(cmd.Context())
+	if err != nil {
+		return protocol.Scheduling{}, err
+	}
+	defer c.Close()
+	msgs, err := collect(cmd.Context(), c, topics.Base(), topics.Scheduling(id))
+	if err != nil {
+		return protocol.Scheduling{}, err
+	}
+	for _, m := range msgs {
+		if sc, err := protocol.DecodeScheduling(m.Payload); err == nil {
+			return sc, nil
+		}
+	}
+	return protocol.Scheduling{Device: id}, nil
 }
 
 // setScheduling publishes a device's scheduling setting, retained.
@@ -482,7 +533,7 @@ func (g *globals) setScheduling(cmd *cobra.Command, s protocol.Scheduling) error
 	}
 	defer c.Close()
 	var payload []byte // eligible and not draining: the default, so clear it
-	if !s.Eligible || s.Drain {
+	if !s.IsEligible() {
 		payload, _ = protocol.Encode(s)
 	}
 	pctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
@@ -495,7 +546,7 @@ func (g *globals) setScheduling(cmd *cobra.Command, s protocol.Scheduling) error
 	switch {
 	case s.Drain:
 		fmt.Fprintf(out, "Device %s is draining: no new allocation, its service and batch allocations move elsewhere\n", s.Device)
-	case !s.Eligible:
+	case !s.IsEligible():
 		fmt.Fprintf(out, "Device %s is ineligible: no new allocation, what it runs stays\n", s.Device)
 	default:
 		fmt.Fprintf(out, "Device %s is eligible\n", s.Device)
