@@ -100,7 +100,10 @@ type Group struct {
 	// Update says how new versions roll out to the group's allocations;
 	// nil means all at once (see Update).
 	Update *Update `json:"update,omitempty"`
-	Tasks  []Task  `json:"tasks"`
+	// Reschedule says what happens to failed allocations of service and
+	// batch groups; nil means the defaults (see Reschedule).
+	Reschedule *Reschedule `json:"reschedule,omitempty"`
+	Tasks      []Task      `json:"tasks"`
 }
 
 // Instances is the number of instances the group asks for (service and batch).
@@ -572,6 +575,9 @@ func (j Job) Validate() error {
 		}
 		if u := g.Update; u != nil {
 			errs = append(errs, validateUpdate(gp+".update", *u, j.Type, g)...)
+		}
+		if r := g.Reschedule; r != nil {
+			errs = append(errs, validateReschedule(gp+".reschedule", *r, j.Type)...)
 		}
 		if len(g.Tasks) == 0 {
 			add(gp+".tasks", "want at least one task")
