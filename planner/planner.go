@@ -443,10 +443,13 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 				cd.OfflineSince = d.PresenceChangedAt
 			}
 		}
+		cd.ReportedAt = d.ReportedAt
 		if d.Reported != nil {
-			// Task start times come from the device's clock; shift them by
-			// how far that clock was off when the report arrived, so that
-			// longest_running compares two devices on the server's clock.
+			// Task times come from the device's clock; shift them by how
+			// far that clock was off when the report arrived, so that
+			// longest_running compares two devices on the server's clock
+			// and a failed allocation's reschedule delay counts from when
+			// its task finished by that clock.
 			skew := time.Duration(0)
 			if !d.ReportedAt.IsZero() && !d.Reported.Time.IsZero() {
 				skew = d.ReportedAt.Sub(d.Reported.Time)
@@ -467,7 +470,8 @@ func (p *Planner) snapshot() (core.Snapshot, []store.JobHead, []store.DeviceReco
 	return snap, heads, devs, nil
 }
 
-// shiftStarts returns a copy of a with its task start times moved by d.
+// shiftStarts returns a copy of a with its task start and finish times
+// moved by d.
 func shiftStarts(a protocol.AllocStatus, d time.Duration) protocol.AllocStatus {
 	if d == 0 {
 		return a
@@ -477,6 +481,10 @@ func shiftStarts(a protocol.AllocStatus, d time.Duration) protocol.AllocStatus {
 		if t.StartedAt != nil {
 			s := t.StartedAt.Add(d)
 			t.StartedAt = &s
+		}
+		if t.FinishedAt != nil {
+			f := t.FinishedAt.Add(d)
+			t.FinishedAt = &f
 		}
 		tasks[i] = t
 	}
@@ -489,15 +497,16 @@ func shiftStarts(a protocol.AllocStatus, d time.Duration) protocol.AllocStatus {
 // checks it with reflection).
 func toStore(a core.Alloc) store.Allocation {
 	return store.Allocation{
-		Allocation: protocol.Allocation{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Type: a.Type, Tasks: a.Tasks},
-		Device:     a.Device,
-		Index:      a.Index,
-		Replaces:   a.Replaces,
+		Allocation:  protocol.Allocation{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Type: a.Type, Tasks: a.Tasks},
+		Device:      a.Device,
+		Index:       a.Index,
+		Replaces:    a.Replaces,
+		Reschedules: a.Reschedules,
 	}
 }
 
 func fromStore(a store.Allocation) core.Alloc {
-	return core.Alloc{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Index: a.Index, Type: a.Type, Device: a.Device, Tasks: a.Tasks, Replaces: a.Replaces}
+	return core.Alloc{ID: a.ID, Job: a.Job, JobVersion: a.JobVersion, Group: a.Group, Index: a.Index, Type: a.Type, Device: a.Device, Tasks: a.Tasks, Replaces: a.Replaces, Reschedules: a.Reschedules}
 }
 
 // publishDesired publishes the desired document of every device whose

@@ -525,6 +525,9 @@ type Allocation struct {
 	Device   string `json:"device"`
 	Index    int    `json:"index"`
 	Replaces string `json:"replaces,omitempty"` // a lost allocation this one replaces
+	// Reschedules holds when earlier allocations of the same slot failed
+	// and were rescheduled, by the server's clock, oldest first.
+	Reschedules []time.Time `json:"reschedules,omitempty"`
 }
 
 // Allocations returns the current allocations in id order.

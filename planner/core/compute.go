@@ -231,8 +231,10 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		plan.Groups[gp.job.Job.ID] = append(plan.Groups[gp.job.Job.ID], gp.status)
 	}
 	p.connectivity(&plan, byID)
-	if !p.rolloutEval.IsZero() && (plan.NextEval.IsZero() || p.rolloutEval.Before(plan.NextEval)) {
-		plan.NextEval = p.rolloutEval
+	for _, at := range []time.Time{p.rolloutEval, p.rescheduleEval} {
+		if !at.IsZero() && (plan.NextEval.IsZero() || at.Before(plan.NextEval)) {
+			plan.NextEval = at
+		}
 	}
 	plan.Rollouts = p.rollouts
 	if len(p.deferred) > 0 {
@@ -285,6 +287,10 @@ type planner struct {
 	deferred    []deferral
 	rollouts    map[string]protocol.Rollout
 	rolloutEval time.Time // the earliest progress deadline of a running rollout
+
+	// Rescheduling (reschedule.go).
+	rescheduleEval time.Time // the earliest end of a failed allocation's reschedule delay
+	avoid          int32     // the device the placement being chosen avoids; -1 for none
 }
 
 // feasMemo holds the result of keepChecks for every device, for the groups
@@ -295,7 +301,7 @@ type feasMemo struct {
 }
 
 func newPlanner(devices []Device, allocs []Alloc) *planner {
-	p := &planner{index: make(map[string]int32, len(devices)), memos: map[string]*feasMemo{}, binPack: binPackMemo{}, allocs: allocs}
+	p := &planner{index: make(map[string]int32, len(devices)), memos: map[string]*feasMemo{}, binPack: binPackMemo{}, allocs: allocs, avoid: -1}
 	p.devs = make([]*Device, 0, len(devices))
 	for i := range devices {
 		d := &devices[i]
@@ -365,8 +371,13 @@ type groupPlan struct {
 	dcands      []cand         // their candidates
 	targets     map[int]string // free slot → id of the away allocation its replacement replaces
 
-	roll      *rolloutGroup // nil without an update block (see rollout.go)
-	drainable []drainRef    // kept allocations on draining devices (see drain.go)
+	roll *rolloutGroup // nil without an update block (see rollout.go)
+
+	// Rescheduling (see reschedule.go).
+	reschedule  protocol.ReschedulePolicy
+	reschedules bool                // failed allocations are rescheduled
+	rescheds    map[int]rescheduled // slots whose failed allocation is replaced
+	drainable   []drainRef          // kept allocations on draining devices (see drain.go)
 
 	status protocol.GroupStatus
 }
@@ -394,6 +405,7 @@ func (p *planner) newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
 	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name},
 		replace: g.ReplacesLost(typ), lostAfter: g.LostAfter(), strategy: g.ReconcileStrategy(), roll: newRolloutGroup(typ, g)}
 	p.rolling = p.rolling || gp.roll != nil
+	gp.reschedule, gp.reschedules = reschedules(j, g, typ, gp.roll != nil)
 	m := p.memos[gp.spec.signature]
 	if m == nil {
 		m = &feasMemo{}
@@ -742,6 +754,9 @@ func (p *planner) judgeSlot(gp *groupPlan, slot int, cands []cand) {
 		for _, c := range stale {
 			p.stop = append(p.stop, p.allocs[c.i])
 		}
+		if p.reschedule(gp, slot, cands[keepAt]) {
+			return // the slot stays free: placeCount replaces the failed allocation
+		}
 		gp.take(slot)
 		p.keep = append(p.keep, cands[keepAt].i)
 		p.keepDev = append(p.keepDev, cands[keepAt].di)
@@ -877,28 +892,58 @@ func (p *planner) placeCount(gp *groupPlan) {
 		if gp.taken[idx] {
 			continue
 		}
+		rs, resched := gp.rescheds[idx]
 		if unplaced > 0 {
+			if resched {
+				p.keepFailed(gp, idx, rs)
+				continue
+			}
 			unplaced++ // nothing was placed since the first failure: same outcome
 			continue
 		}
-		var di int32
-		var ok bool
-		if p.pick != nil {
-			di, ok = p.pick(p, gp)
-		} else {
+		best := func() (int32, bool) {
+			if p.pick != nil {
+				return p.pick(p, gp)
+			}
 			if r == nil {
 				r = p.newRanker(gp)
 			}
-			di, ok = r.best()
+			return r.best()
 		}
-		if !ok {
+		var di int32
+		var ok bool
+		if resched {
+			// Another device first; the failed one only when no other can
+			// take it.
+			p.avoid = rs.di
+			if di, ok = best(); !ok {
+				p.avoid = -1
+				if r != nil {
+					r.restore()
+				}
+				di, ok = best()
+			}
+		} else {
+			di, ok = best()
+		}
+		switch {
+		case !ok && resched:
+			p.keepFailed(gp, idx, rs)
+			continue
+		case !ok:
 			unplaced, seen = 1, p.survey(gp)
 			continue
 		}
 		p.placeOn(gp, di, idx, idx, gp.targets[idx])
+		if resched {
+			gp.placed[len(gp.placed)-1].Reschedules = rs.times
+			p.stop = append(p.stop, p.allocs[rs.i])
+		}
 		if r != nil {
 			r.placed(di)
+			r.restore()
 		}
+		p.avoid = -1
 	}
 	if unplaced > 0 {
 		gp.status.Unplaced = unplacedMessage(unplaced, gp.status.Desired, seen)

@@ -170,7 +170,7 @@ func scanBest(p *planner, gp *groupPlan) (int32, bool) {
 	best, bestTotal := int32(-1), int64(0)
 	for i := range p.devs {
 		di := int32(i)
-		if p.placeReason(gp, di) != "" || p.distinctReason(gp, di) != "" || p.fitReason(gp, di) != "" {
+		if di == p.avoid || p.placeReason(gp, di) != "" || p.distinctReason(gp, di) != "" || p.fitReason(gp, di) != "" {
 			continue
 		}
 		d := p.devs[di]

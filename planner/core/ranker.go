@@ -27,6 +27,10 @@ type ranker struct {
 	buckets []bucket
 	spreads []spreadState
 	last    int // bucket of the device best returned
+	// The device best set aside because the planner avoids it (planner.avoid):
+	// its bucket (-1 for none) and entry, put back by restore.
+	held      int
+	heldEntry heapEntry
 }
 
 // bucket is the devices sharing one value of every spread attribute.
@@ -76,7 +80,7 @@ type spreadState struct {
 }
 
 func (p *planner) newRanker(gp *groupPlan) *ranker {
-	r := &ranker{p: p, gp: gp}
+	r := &ranker{p: p, gp: gp, held: -1}
 	spec := gp.spec
 	total := float64(gp.count())
 	for k := range spec.spreads {
@@ -173,10 +177,17 @@ func (r *ranker) best() (int32, bool) {
 	var bestDi int32
 	for bi := range r.buckets {
 		b := &r.buckets[bi]
-		if lazy {
-			for len(b.heap) > 0 && r.p.distinctReason(r.gp, b.heap[0].di) != "" {
+		for len(b.heap) > 0 {
+			if lazy && r.p.distinctReason(r.gp, b.heap[0].di) != "" {
 				b.pop()
+				continue
 			}
+			if b.heap[0].di == r.p.avoid && r.held < 0 {
+				r.held, r.heldEntry = bi, b.heap[0]
+				b.pop()
+				continue
+			}
+			break
 		}
 		if len(b.heap) == 0 {
 			continue
@@ -304,6 +315,25 @@ func (s *spreadState) score(id int32) float64 {
 	default:
 		return spreadScore(true, true, s.rest, s.restWant, 0, 0)
 	}
+}
+
+// restore puts back the device best set aside, once the placement that
+// avoided it is made (or abandoned).
+func (r *ranker) restore() {
+	if r.held < 0 {
+		return
+	}
+	b := &r.buckets[r.held]
+	b.heap = append(b.heap, r.heldEntry)
+	for i := len(b.heap) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !b.heap[i].better(b.heap[parent]) {
+			break
+		}
+		b.heap[i], b.heap[parent] = b.heap[parent], b.heap[i]
+		i = parent
+	}
+	r.held = -1
 }
 
 func (b *bucket) pop() {

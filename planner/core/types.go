@@ -56,6 +56,10 @@ type Device struct {
 	// allocations move elsewhere (see Compute).
 	Ineligible bool
 	Draining   bool
+	// ReportedAt is when the device's last report arrived, by the server's
+	// clock; zero when unknown. An allocation reported failed without a
+	// task finish time failed then (see Compute on rescheduling).
+	ReportedAt time.Time
 }
 
 // Alloc is one instance of a group on a device.
@@ -74,6 +78,12 @@ type Alloc struct {
 	// the allocation it names is gone (stopped when its device returned,
 	// say). See Compute.
 	Replaces string
+	// Reschedules holds when earlier allocations of the same slot (job,
+	// group, index) failed and were rescheduled, by the server's clock,
+	// oldest first: the history the group's reschedule policy counts. A
+	// rescheduled allocation's replacement carries it over with the new
+	// time appended; updates keep it.
+	Reschedules []time.Time
 }
 
 // Plan is the result of Compute.
@@ -104,8 +114,9 @@ type Plan struct {
 	Disconnected []Alloc
 	LostByJob    map[string]int
 	// NextEval is the earliest time after Now at which an allocation of the
-	// plan becomes lost, the time to compute again without any other
-	// event; zero when no allocation is on its way to being lost.
+	// plan becomes lost, a rollout reaches its progress deadline or a
+	// failed allocation's reschedule delay ends: the time to compute again
+	// without any other event; zero when there is none.
 	NextEval time.Time
 
 	// Rollouts is the state of the rollout of every job that is not stopped

@@ -1,0 +1,88 @@
+package core
+
+import (
+	"slices"
+	"time"
+
+	"github.com/tether-edge/tether/protocol"
+)
+
+// rescheduled is a slot whose failed allocation is replaced in this plan.
+type rescheduled struct {
+	i     int32       // index in planner.allocs of the failed allocation
+	di    int32       // its device, avoided by the replacement when possible
+	times []time.Time // the replacement's Reschedules
+}
+
+// reschedules reports whether a group reschedules its failed allocations:
+// its policy allows it (service groups by default, batch groups with a
+// reschedule block), and, for a group with an update block, the rollout of
+// the job's version succeeded (Job.Rollout). While a rollout runs, a failed
+// allocation of the version is its evidence (unhealthy, counted against the
+// abort threshold): replacing it would hide it. After a failed rollout
+// nothing is replaced either; the operator or auto_revert decides.
+func reschedules(j *Job, g *protocol.Group, typ protocol.JobType, rolls bool) (protocol.ReschedulePolicy, bool) {
+	pol, ok := g.ReschedulePolicy(typ)
+	if !ok {
+		return pol, false
+	}
+	if rolls && (j.Rollout == nil || j.Rollout.Version != j.Version || j.Rollout.State != protocol.RolloutSuccessful) {
+		return pol, false
+	}
+	return pol, true
+}
+
+// failedAt is when a failed allocation failed: the latest finish time of
+// its tasks in the report, else when the report arrived.
+func failedAt(d *Device, st protocol.AllocStatus) time.Time {
+	var at time.Time
+	for _, t := range st.Tasks {
+		if t.FinishedAt != nil && t.FinishedAt.After(at) {
+			at = *t.FinishedAt
+		}
+	}
+	if at.IsZero() {
+		return d.ReportedAt
+	}
+	return at
+}
+
+// reschedule decides about the allocation judgeSlot keeps in a slot: when it
+// runs the job's spec, is reported failed at its version, its group
+// reschedules, its delay has passed and its policy allows another attempt,
+// the slot is left free for placeCount to place again, away from its device
+// if it can, and reschedule reports true. While the delay runs, its end is a
+// time to plan again.
+func (p *planner) reschedule(gp *groupPlan, slot int, c cand) bool {
+	if !gp.reschedules || !c.cur || c.state != protocol.AllocFailed {
+		return false
+	}
+	a := &p.allocs[c.i]
+	d := p.devs[c.di]
+	due := failedAt(d, d.Reported[a.ID]).Add(gp.reschedule.DelayAfter(len(a.Reschedules)))
+	if p.now.Before(due) {
+		if p.rescheduleEval.IsZero() || due.Before(p.rescheduleEval) {
+			p.rescheduleEval = due
+		}
+		return false
+	}
+	if !gp.reschedule.Allows(a.Reschedules, p.now) {
+		return false
+	}
+	if gp.rescheds == nil {
+		gp.rescheds = map[int]rescheduled{}
+	}
+	times := append(slices.Clip(a.Reschedules), p.now)
+	gp.rescheds[slot] = rescheduled{i: c.i, di: c.di, times: times}
+	return true
+}
+
+// keepFailed keeps a failed allocation whose replacement could be placed
+// nowhere, not even on its own device: it stays as judgeSlot would have
+// kept it, and a later plan tries again.
+func (p *planner) keepFailed(gp *groupPlan, slot int, rs rescheduled) {
+	gp.take(slot)
+	p.keep = append(p.keep, rs.i)
+	p.keepDev = append(p.keepDev, rs.di)
+	p.count(gp, rs.di, p.allocs[rs.i].ID)
+}
