@@ -983,14 +983,26 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces str
 		p.suffix[di] = deviceSuffix(p.devs[di].ID)
 	}
 	id := allocID(gp.job.Job.ID, gp.group.Name, index, p.suffix[di])
-	if p.ids.has(id) {
-		// Two devices share the hash prefix: use the whole hash, and should
-		// that be taken too (an id made up by someone else), a counter.
+	// An id the device still reports belongs to an allocation stopped
+	// there (a failed one rescheduled back to its device, say): its report
+	// must not pass for the new allocation's.
+	reported := p.devs[di].Reported
+	taken := func(id string) bool {
+		if p.ids.has(id) {
+			return true
+		}
+		_, ok := reported[id]
+		return ok
+	}
+	if taken(id) {
+		// Two devices share the hash prefix, or the device reports the id:
+		// use the whole hash, and should that be taken too (an id made up
+		// by someone else), a counter.
 		sum := sha256.Sum256([]byte(p.devs[di].ID))
 		full := hex.EncodeToString(sum[:])
 		id = allocID(gp.job.Job.ID, gp.group.Name, index, full)
 		for n := 2; ; n++ {
-			if !p.ids.has(id) {
+			if !taken(id) {
 				break
 			}
 			id = allocID(gp.job.Job.ID, gp.group.Name, index, full+"-"+strconv.Itoa(n))

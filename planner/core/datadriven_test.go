@@ -48,12 +48,13 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //	                    validated by protocol.ParseJob; prints its errors.
 //	                    Version defaults to the previous version + 1.
 //	stop-job ID         the operator deleted the job.
-//	report ALLOC STATE [started=DURATION] [health=VERDICT]
+//	report ALLOC STATE [started=DURATION] [finished=DURATION] [health=VERDICT]
 //	                    the device of ALLOC (job.group.index@device, an
 //	                    allocation of the last plan) reports it in STATE at
-//	                    its version, with its task started DURATION from
-//	                    now (negative: in the past) and edged's health
-//	                    verdict (healthy, unhealthy) if given.
+//	                    its version, with its task started (finished)
+//	                    DURATION from now (negative: in the past) and
+//	                    edged's health verdict (healthy, unhealthy) if
+//	                    given. The device's ReportedAt becomes now.
 //	health VERDICT TARGET ...
 //	                    reports each target running with that health
 //	                    verdict at its version. A target is an allocation
@@ -67,7 +68,8 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 //	                    buckets (a replacement as ALLOC<ALLOC-IT-REPLACES),
 //	                    its lost and disconnected allocations, the deferred
 //	                    updates by reason, when to plan again, every group's
-//	                    status (and with by, how many allocations each
+//	                    status (an allocation with a reschedule history
+//	                    shows its length: ALLOC(rN)) (and with by, how many allocations each
 //	                    value of a device attribute has) and every rollout,
 //	                    then makes its allocations the current ones and its
 //	                    rollouts the jobs' (as the shell persists them).
@@ -262,8 +264,8 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 		}
 		return "ok"
 	case "report":
-		if len(c.args) < 2 || len(c.args) > 4 {
-			return fail("want: report ALLOC STATE [started=DURATION] [health=VERDICT]")
+		if len(c.args) < 2 || len(c.args) > 5 {
+			return fail("want: report ALLOC STATE [started=DURATION] [finished=DURATION] [health=VERDICT]")
 		}
 		a, ok := w.alloc(c.args[0])
 		if !ok {
@@ -275,13 +277,21 @@ func (w *world) run(t *testing.T, path string, c scenarioCase) string {
 				st.Health = protocol.Health(v)
 				continue
 			}
-			v, ok := strings.CutPrefix(arg, "started=")
+			key, v, _ := strings.Cut(arg, "=")
 			dur, err := time.ParseDuration(v)
-			if !ok || err != nil {
-				return fail("want started=DURATION or health=VERDICT, got %q", arg)
+			if (key != "started" && key != "finished") || err != nil {
+				return fail("want started=DURATION, finished=DURATION or health=VERDICT, got %q", arg)
 			}
 			at := w.clock().Add(dur)
-			st.Tasks = []protocol.TaskStatus{{Name: a.Tasks[0].Name, State: protocol.TaskRunning, StartedAt: &at}}
+			if len(st.Tasks) == 0 {
+				st.Tasks = []protocol.TaskStatus{{Name: a.Tasks[0].Name, State: protocol.TaskRunning}}
+			}
+			if key == "started" {
+				st.Tasks[0].StartedAt = &at
+			} else {
+				st.Tasks[0].FinishedAt = &at
+				st.Tasks[0].State = protocol.TaskFailed
+			}
 		}
 		if err := w.report(a, st); err != nil {
 			return fail("%v", err)
@@ -386,6 +396,7 @@ func (w *world) report(a Alloc, st protocol.AllocStatus) error {
 		d.Reported = map[string]protocol.AllocStatus{}
 	}
 	d.Reported[a.ID] = st
+	d.ReportedAt = w.clock()
 	return nil
 }
 
@@ -418,6 +429,9 @@ func (w *world) describe(p Plan, by string) string {
 			names := make([]string, len(b.allocs))
 			for i, a := range b.allocs {
 				names[i] = short(a)
+				if len(a.Reschedules) > 0 {
+					names[i] += fmt.Sprintf("(r%d)", len(a.Reschedules))
+				}
 				if a.Replaces != "" {
 					names[i] += "<" + cmp.Or(w.names[a.Replaces], a.Replaces)
 				}

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"reflect"
@@ -366,6 +367,31 @@ func invariantViolation(s Snapshot, p Plan) string {
 	if at := rolloutDeadline(s, p, away); !at.IsZero() && (nextEval.IsZero() || at.Before(nextEval)) {
 		nextEval = at
 	}
+	// Failed allocations waiting for their reschedule: every one kept that
+	// runs the job's spec, outside the disconnect policy's slots.
+	for _, a := range p.Allocations {
+		d, j := devices[a.Device], jobs[a.Job]
+		g, ok := groupOf(a)
+		st, reported := d.Reported[a.ID]
+		if !ok || !reported || st.JobVersion != a.JobVersion || st.State != protocol.AllocFailed ||
+			a.JobVersion != j.Version || !sameTasks(a.Tasks, g.Tasks) || a.Replaces != "" || named[a.ID] {
+			continue
+		}
+		typ := cmp.Or(j.Job.Type, protocol.JobService)
+		if a.Type != typ {
+			continue
+		}
+		if d.Presence != protocol.Online && !d.OfflineSince.IsZero() && !p.Now.Before(d.OfflineSince.Add(g.LostAfter())) && g.ReplacesLost(typ) {
+			continue
+		}
+		pol, ok := reschedules(&j, &g, typ, newRolloutGroup(typ, &g) != nil)
+		if !ok {
+			continue
+		}
+		if at := rescheduleAt(pol, a.Reschedules, failedAt(d, st)); p.Now.Before(at) && (nextEval.IsZero() || at.Before(nextEval)) {
+			nextEval = at
+		}
+	}
 	if shorts(lost) != shorts(p.Lost) || shorts(disconnected) != shorts(p.Disconnected) || !nextEval.Equal(p.NextEval) {
 		return fmt.Sprintf("connectivity: lost %s, disconnected %s, next eval %s; want %s, %s, %s",
 			shorts(p.Lost), shorts(p.Disconnected), p.NextEval, shorts(lost), shorts(disconnected), nextEval)
@@ -456,8 +482,10 @@ func invariantViolation(s Snapshot, p Plan) string {
 		}
 		// The canonical id, unless it is taken (AllocID): by an allocation
 		// of the snapshot (a drain can free a slot whose other claimant
-		// just stopped on the device placePass picks), or another placement.
-		if id := AllocID(a.Job, a.Group, a.Index, a.Device); a.ID != id && !canonicalTaken(s, p, id) {
+		// just stopped on the device placePass picks), another placement,
+		// or a report of the device (an allocation stopped there).
+		id := AllocID(a.Job, a.Group, a.Index, a.Device)
+		if _, reported := d.Reported[id]; a.ID != id && !reported && !canonicalTaken(s, p, id) {
 			return fmt.Sprintf("placed %s with id %s", short(a), a.ID)
 		}
 	}

@@ -47,26 +47,41 @@ func failedAt(d *Device, st protocol.AllocStatus) time.Time {
 	return at
 }
 
+// rescheduleAt is when an allocation that failed at failed, after the
+// earlier reschedules (oldest first), may be rescheduled: once its delay has
+// passed and, unless the policy is unlimited, once the window holds fewer
+// than Attempts reschedules (pol.Allows holds from then on).
+func rescheduleAt(pol protocol.ReschedulePolicy, earlier []time.Time, failed time.Time) time.Time {
+	at := failed.Add(pol.DelayAfter(len(earlier)))
+	if pol.Unlimited || len(earlier) < pol.Attempts {
+		return at
+	}
+	if !slices.IsSortedFunc(earlier, time.Time.Compare) {
+		earlier = slices.SortedFunc(slices.Values(earlier), time.Time.Compare)
+	}
+	// The Attempts-th latest reschedule must leave the window.
+	if free := earlier[len(earlier)-pol.Attempts].Add(pol.Interval); free.After(at) {
+		return free
+	}
+	return at
+}
+
 // reschedule decides about the allocation judgeSlot keeps in a slot: when it
 // runs the job's spec, is reported failed at its version, its group
-// reschedules, its delay has passed and its policy allows another attempt,
-// the slot is left free for placeCount to place again, away from its device
-// if it can, and reschedule reports true. While the delay runs, its end is a
-// time to plan again.
+// reschedules and rescheduleAt has come, the slot is left free for
+// placeCount to place again, away from its device if it can, and reschedule
+// reports true. Until then, rescheduleAt is a time to plan again (also when
+// the attempts are used up: one leaves the interval then).
 func (p *planner) reschedule(gp *groupPlan, slot int, c cand) bool {
 	if !gp.reschedules || !c.cur || c.state != protocol.AllocFailed {
 		return false
 	}
 	a := &p.allocs[c.i]
 	d := p.devs[c.di]
-	due := failedAt(d, d.Reported[a.ID]).Add(gp.reschedule.DelayAfter(len(a.Reschedules)))
-	if p.now.Before(due) {
-		if p.rescheduleEval.IsZero() || due.Before(p.rescheduleEval) {
-			p.rescheduleEval = due
+	if at := rescheduleAt(gp.reschedule, a.Reschedules, failedAt(d, d.Reported[a.ID])); p.now.Before(at) {
+		if p.rescheduleEval.IsZero() || at.Before(p.rescheduleEval) {
+			p.rescheduleEval = at
 		}
-		return false
-	}
-	if !gp.reschedule.Allows(a.Reschedules, p.now) {
 		return false
 	}
 	if gp.rescheds == nil {
