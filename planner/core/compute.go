@@ -231,7 +231,7 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		plan.Groups[gp.job.Job.ID] = append(plan.Groups[gp.job.Job.ID], gp.status)
 	}
 	p.connectivity(&plan, byID)
-	for _, at := range []time.Time{p.rolloutEval, p.rescheduleEval} {
+	for _, at := range []time.Time{p.rolloutEval, p.rescheduleEval()} {
 		if !at.IsZero() && (plan.NextEval.IsZero() || at.Before(plan.NextEval)) {
 			plan.NextEval = at
 		}
@@ -289,8 +289,8 @@ type planner struct {
 	rolloutEval time.Time // the earliest progress deadline of a running rollout
 
 	// Rescheduling (reschedule.go).
-	rescheduleEval time.Time // the earliest end of a failed allocation's reschedule delay
-	avoid          int32     // the device the placement being chosen avoids; -1 for none
+	waiting []waitingFailed // failed allocations kept until they may be rescheduled
+	avoid   int32           // the device the placement being chosen avoids; -1 for none
 }
 
 // feasMemo holds the result of keepChecks for every device, for the groups
@@ -375,9 +375,11 @@ type groupPlan struct {
 
 	// Rescheduling (see reschedule.go).
 	reschedule  protocol.ReschedulePolicy
-	reschedules bool                // failed allocations are rescheduled
-	rescheds    map[int]rescheduled // slots whose failed allocation is replaced
-	drainable   []drainRef          // kept allocations on draining devices (see drain.go)
+	reschedules bool // failed allocations are rescheduled
+	// A failed rollout holds them (they still count for NextEval).
+	rescheduleHeld bool
+	rescheds       map[int]rescheduled // slots whose failed allocation is replaced
+	drainable      []drainRef          // kept allocations on draining devices (see drain.go)
 
 	status protocol.GroupStatus
 }
@@ -405,7 +407,8 @@ func (p *planner) newGroupPlan(j *Job, g *protocol.Group) *groupPlan {
 	gp := &groupPlan{job: j, group: g, typ: typ, spec: compileGroup(g), tasks: slices.Clip(g.Tasks), status: protocol.GroupStatus{Name: g.Name},
 		replace: g.ReplacesLost(typ), lostAfter: g.LostAfter(), strategy: g.ReconcileStrategy(), roll: newRolloutGroup(typ, g)}
 	p.rolling = p.rolling || gp.roll != nil
-	gp.reschedule, gp.reschedules = reschedules(j, g, typ, gp.roll != nil)
+	gp.reschedule, gp.reschedules = g.ReschedulePolicy(typ)
+	gp.rescheduleHeld = rescheduleHeld(j, gp.roll != nil)
 	m := p.memos[gp.spec.signature]
 	if m == nil {
 		m = &feasMemo{}

@@ -152,6 +152,15 @@ func (p *planner) judgeDisconnect(gp *groupPlan, slot int, cands []cand) {
 		}
 	}
 
+	if winner >= 0 && target < 0 && updated == nil && !held {
+		// Nothing else left in the slot and a failed winner: rescheduled
+		// as judgeSlot would, so that the next plan does not decide
+		// otherwise.
+		if c := info[winner]; (c.target < 0 || !survivor[c.target]) && p.reschedule(gp, slot, c.cand) {
+			survivor[winner] = false
+			winner = -1
+		}
+	}
 	for k := range info {
 		if !survivor[k] {
 			continue

@@ -64,8 +64,8 @@ func TestPropertyIdempotent(t *testing.T) {
 			t.Fatalf("rollouts changed:\n %+v %+v\n %+v %+v\n%s", p.Rollouts, p.Deferred, again.Rollouts, again.Deferred, dumpSnapshot(s))
 		}
 		if !reflect.DeepEqual(again.Lost, p.Lost) || !reflect.DeepEqual(again.Disconnected, p.Disconnected) || !again.NextEval.Equal(p.NextEval) {
-			t.Fatalf("connectivity changed: lost %s → %s, disconnected %s → %s, next eval %s → %s",
-				shorts(p.Lost), shorts(again.Lost), shorts(p.Disconnected), shorts(again.Disconnected), p.NextEval, again.NextEval)
+			t.Fatalf("connectivity changed: lost %s → %s, disconnected %s → %s, next eval %s → %s\n%s%+v",
+				shorts(p.Lost), shorts(again.Lost), shorts(p.Disconnected), shorts(again.Disconnected), p.NextEval, again.NextEval, dumpSnapshot(s), outcomeOf(p))
 		}
 		for id, gs := range p.Groups {
 			for i, g := range gs {
@@ -121,8 +121,13 @@ func TestPropertyOneSurvivorOnceOnline(t *testing.T) {
 			}
 			slots[slot] = a
 		}
-		// Only a rollout's progress deadline is left to wait for.
-		if len(q.Lost)+len(q.Disconnected) > 0 || !q.NextEval.Equal(rolloutDeadline(back, q, awayOf(back, q))) {
+		// Only a rollout's progress deadline and reschedule delays are left
+		// to wait for.
+		want := rolloutDeadline(back, q, awayOf(back, q))
+		if at := rescheduleEval(back, q); !at.IsZero() && (want.IsZero() || at.Before(want)) {
+			want = at
+		}
+		if len(q.Lost)+len(q.Disconnected) > 0 || !q.NextEval.Equal(want) {
 			t.Fatalf("online fleet with lost %s, disconnected %s, next eval %s", shorts(q.Lost), shorts(q.Disconnected), q.NextEval)
 		}
 		again := Compute(feedBack(back, q), t0)
@@ -367,30 +372,8 @@ func invariantViolation(s Snapshot, p Plan) string {
 	if at := rolloutDeadline(s, p, away); !at.IsZero() && (nextEval.IsZero() || at.Before(nextEval)) {
 		nextEval = at
 	}
-	// Failed allocations waiting for their reschedule: every one kept that
-	// runs the job's spec, outside the disconnect policy's slots.
-	for _, a := range p.Allocations {
-		d, j := devices[a.Device], jobs[a.Job]
-		g, ok := groupOf(a)
-		st, reported := d.Reported[a.ID]
-		if !ok || !reported || st.JobVersion != a.JobVersion || st.State != protocol.AllocFailed ||
-			a.JobVersion != j.Version || !sameTasks(a.Tasks, g.Tasks) || a.Replaces != "" || named[a.ID] {
-			continue
-		}
-		typ := cmp.Or(j.Job.Type, protocol.JobService)
-		if a.Type != typ {
-			continue
-		}
-		if d.Presence != protocol.Online && !d.OfflineSince.IsZero() && !p.Now.Before(d.OfflineSince.Add(g.LostAfter())) && g.ReplacesLost(typ) {
-			continue
-		}
-		pol, ok := reschedules(&j, &g, typ, newRolloutGroup(typ, &g) != nil)
-		if !ok {
-			continue
-		}
-		if at := rescheduleAt(pol, a.Reschedules, failedAt(d, st)); p.Now.Before(at) && (nextEval.IsZero() || at.Before(nextEval)) {
-			nextEval = at
-		}
+	if at := rescheduleEval(s, p); !at.IsZero() && (nextEval.IsZero() || at.Before(nextEval)) {
+		nextEval = at
 	}
 	if shorts(lost) != shorts(p.Lost) || shorts(disconnected) != shorts(p.Disconnected) || !nextEval.Equal(p.NextEval) {
 		return fmt.Sprintf("connectivity: lost %s, disconnected %s, next eval %s; want %s, %s, %s",
@@ -662,6 +645,56 @@ func awayOf(s Snapshot, p Plan) map[string]bool {
 	return away
 }
 
+// rescheduleEval is the earliest time a failed allocation of the plan may
+// be rescheduled, after now (zero when none waits): every one that runs the
+// job's spec, in a group that reschedules, that no Replaces mark ties to
+// another allocation (failed allocations are never away, even on lost
+// devices).
+func rescheduleEval(s Snapshot, p Plan) time.Time {
+	devices := map[string]*Device{}
+	for i := range s.Devices {
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
+	}
+	jobs := map[string]Job{}
+	for _, j := range latestJobs(s.Jobs) {
+		jobs[j.Job.ID] = j
+	}
+	named := map[string]bool{}
+	for _, a := range p.Allocations {
+		if a.Replaces != "" {
+			named[a.Replaces] = true
+		}
+	}
+	var next time.Time
+	for _, a := range p.Allocations {
+		d, j := devices[a.Device], jobs[a.Job]
+		gi := slices.IndexFunc(j.Job.Groups, func(g protocol.Group) bool { return g.Name == a.Group })
+		if d == nil || gi < 0 {
+			continue
+		}
+		g := j.Job.Groups[gi]
+		st, reported := d.Reported[a.ID]
+		if !reported || st.JobVersion != a.JobVersion || st.State != protocol.AllocFailed ||
+			a.JobVersion != j.Version || !sameTasks(a.Tasks, g.Tasks) || a.Replaces != "" || named[a.ID] {
+			continue
+		}
+		typ := cmp.Or(j.Job.Type, protocol.JobService)
+		if a.Type != typ {
+			continue
+		}
+		pol, ok := g.ReschedulePolicy(typ)
+		if !ok {
+			continue
+		}
+		if at := rescheduleAt(pol, a.Reschedules, failedAt(d, st)); p.Now.Before(at) && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
+	}
+	return next
+}
+
 // rolloutDeadline is the earliest progress deadline of a running rollout
 // with allocations in flight, zero when there is none.
 func rolloutDeadline(s Snapshot, p Plan, away map[string]bool) time.Time {
@@ -845,6 +878,13 @@ func genSnapshot(t *rapid.T) Snapshot {
 		if rapid.IntRange(0, 3).Draw(t, "stale report") == 0 {
 			v--
 		}
+		if state == protocol.AllocFailed && v != a.JobVersion && slices.ContainsFunc(s.Jobs, func(j Job) bool { return j.Job.ID == a.Job && j.Version == v }) {
+			// Generated versions may go down: an update to the job's
+			// version would make this failure of an earlier run look
+			// like the updated allocation's, which real versions (only
+			// ever growing) cannot.
+			state = protocol.AllocRunning
+		}
 		d := &s.Devices[i]
 		if d.Reported == nil {
 			d.Reported = map[string]protocol.AllocStatus{}
@@ -853,8 +893,13 @@ func genSnapshot(t *rapid.T) Snapshot {
 		st.Health = rapid.SampledFrom([]protocol.Health{"", "", protocol.Healthy, protocol.Unhealthy}).Draw(t, "health")
 		if v == a.JobVersion && runsOtherSpec(s.Jobs, a) {
 			// Versions are immutable: a verdict about this version and
-			// other tasks cannot exist (the allocation is generated stale).
+			// other tasks cannot exist (the allocation is generated stale),
+			// nor can its failure (the core would reschedule the updated
+			// allocation in the next plan).
 			st.Health = ""
+			if st.State == protocol.AllocFailed {
+				st.State = protocol.AllocRunning
+			}
 		}
 		for _, tk := range a.Tasks {
 			ts := protocol.TaskStatus{Name: tk.Name, State: protocol.TaskRunning}
@@ -862,9 +907,19 @@ func genSnapshot(t *rapid.T) Snapshot {
 				at := t0.Add(-ago)
 				ts.StartedAt = &at
 			}
+			if state == protocol.AllocFailed {
+				if ago := rapid.SampledFrom([]time.Duration{-1, 0, 20 * time.Second, 2 * time.Minute, time.Hour}).Draw(t, "finished ago"); ago >= 0 {
+					at := t0.Add(-ago)
+					ts.FinishedAt = &at
+					ts.State = protocol.TaskFailed
+				}
+			}
 			st.Tasks = append(st.Tasks, ts)
 		}
 		d.Reported[a.ID] = st
+		if ago := rapid.SampledFrom([]time.Duration{-1, 0, 15 * time.Second, 10 * time.Minute}).Draw(t, "reported ago"); ago >= 0 {
+			d.ReportedAt = t0.Add(-ago)
+		}
 	}
 	genRollouts(t, s.Jobs)
 	return s
@@ -1029,6 +1084,17 @@ func genJobs(t *rapid.T, label string) []Job {
 				}
 				g.Disconnect = dp
 			}
+			if rapid.IntRange(0, 2).Draw(t, "reschedule block") == 0 {
+				// Also on system and sysbatch jobs, which validation
+				// refuses: Compute must ignore it there.
+				g.Reschedule = &protocol.Reschedule{
+					Attempts:      rapid.IntRange(0, 2).Draw(t, "reschedule attempts"),
+					Interval:      protocol.Duration(rapid.SampledFrom([]time.Duration{0, 10 * time.Minute}).Draw(t, "reschedule interval")),
+					Delay:         protocol.Duration(rapid.SampledFrom([]time.Duration{0, 10 * time.Second, 5 * time.Minute}).Draw(t, "reschedule delay")),
+					DelayFunction: rapid.SampledFrom([]string{"", protocol.DelayConstant}).Draw(t, "delay function"),
+					Unlimited:     rapid.IntRange(0, 3).Draw(t, "unlimited") == 0,
+				}
+			}
 			j.Job.Groups = append(j.Job.Groups, g)
 		}
 		out = append(out, j)
@@ -1070,6 +1136,9 @@ func genAllocs(t *rapid.T, jobs []Job) []Alloc {
 			continue
 		}
 		seen[a.ID] = true
+		for _, ago := range []time.Duration{time.Hour, 5 * time.Minute, time.Minute, 10 * time.Second}[rapid.IntRange(0, 4).Draw(t, "reschedules"):] {
+			a.Reschedules = append(a.Reschedules, t0.Add(-ago))
+		}
 		a.Tasks = genTasks(t)
 		for _, j := range jobs {
 			for _, g := range j.Job.Groups {

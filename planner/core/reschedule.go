@@ -14,22 +14,14 @@ type rescheduled struct {
 	times []time.Time // the replacement's Reschedules
 }
 
-// reschedules reports whether a group reschedules its failed allocations:
-// its policy allows it (service groups by default, batch groups with a
-// reschedule block), and, for a group with an update block, the rollout of
-// the job's version succeeded (Job.Rollout). While a rollout runs, a failed
-// allocation of the version is its evidence (unhealthy, counted against the
-// abort threshold): replacing it would hide it. After a failed rollout
-// nothing is replaced either; the operator or auto_revert decides.
-func reschedules(j *Job, g *protocol.Group, typ protocol.JobType, rolls bool) (protocol.ReschedulePolicy, bool) {
-	pol, ok := g.ReschedulePolicy(typ)
-	if !ok {
-		return pol, false
-	}
-	if rolls && (j.Rollout == nil || j.Rollout.Version != j.Version || j.Rollout.State != protocol.RolloutSuccessful) {
-		return pol, false
-	}
-	return pol, true
+// rescheduleHeld reports whether a group's rollout holds its failed
+// allocations where they are: the group has an update block and the
+// rollout of the job's version failed (Job.Rollout). After a failed rollout
+// only the operator or auto_revert moves the version's allocations; before,
+// a failed allocation counts as unhealthy for the rollout while its delay
+// runs, and is rescheduled like any other.
+func rescheduleHeld(j *Job, rolls bool) bool {
+	return rolls && j.Rollout != nil && j.Rollout.Version == j.Version && j.Rollout.State == protocol.RolloutFailed
 }
 
 // failedAt is when a failed allocation failed: the latest finish time of
@@ -68,7 +60,7 @@ func rescheduleAt(pol protocol.ReschedulePolicy, earlier []time.Time, failed tim
 
 // reschedule decides about the allocation judgeSlot keeps in a slot: when it
 // runs the job's spec, is reported failed at its version, its group
-// reschedules and rescheduleAt has come, the slot is left free for
+// reschedules, no failed rollout holds it and rescheduleAt has come, the slot is left free for
 // placeCount to place again, away from its device if it can, and reschedule
 // reports true. Until then, rescheduleAt is a time to plan again (also when
 // the attempts are used up: one leaves the interval then).
@@ -79,9 +71,13 @@ func (p *planner) reschedule(gp *groupPlan, slot int, c cand) bool {
 	a := &p.allocs[c.i]
 	d := p.devs[c.di]
 	if at := rescheduleAt(gp.reschedule, a.Reschedules, failedAt(d, d.Reported[a.ID])); p.now.Before(at) {
-		if p.rescheduleEval.IsZero() || at.Before(p.rescheduleEval) {
-			p.rescheduleEval = at
-		}
+		// Also when a failed rollout holds it: whether it does may change
+		// from one plan to the next, the time must not. A drain may still
+		// stop it: see rescheduleEval.
+		p.waiting = append(p.waiting, waitingFailed{alloc: a, at: at})
+		return false
+	}
+	if gp.rescheduleHeld {
 		return false
 	}
 	if gp.rescheds == nil {
@@ -94,10 +90,43 @@ func (p *planner) reschedule(gp *groupPlan, slot int, c cand) bool {
 
 // keepFailed keeps a failed allocation whose replacement could be placed
 // nowhere, not even on its own device: it stays as judgeSlot would have
-// kept it, and a later plan tries again.
+// kept it (a Replaces mark naming nothing left in the slot cleared, as
+// judgeDisconnect would have), and a later plan tries again.
 func (p *planner) keepFailed(gp *groupPlan, slot int, rs rescheduled) {
 	gp.take(slot)
-	p.keep = append(p.keep, rs.i)
-	p.keepDev = append(p.keepDev, rs.di)
+	if a := p.allocs[rs.i]; a.Replaces != "" {
+		a.Replaces = ""
+		p.update = append(p.update, a)
+		p.updateDev = append(p.updateDev, rs.di)
+	} else {
+		p.keep = append(p.keep, rs.i)
+		p.keepDev = append(p.keepDev, rs.di)
+	}
 	p.count(gp, rs.di, p.allocs[rs.i].ID)
+}
+
+// waitingFailed is a failed allocation kept until it may be rescheduled.
+type waitingFailed struct {
+	alloc *Alloc
+	at    time.Time
+}
+
+// rescheduleEval is the earliest time a failed allocation the plan keeps may
+// be rescheduled; zero when none waits.
+func (p *planner) rescheduleEval() time.Time {
+	var next time.Time
+	if len(p.waiting) == 0 {
+		return next
+	}
+	type key struct{ id, device string }
+	stopped := make(map[key]bool, len(p.stop))
+	for i := range p.stop {
+		stopped[key{p.stop[i].ID, p.stop[i].Device}] = true
+	}
+	for _, w := range p.waiting {
+		if !stopped[key{w.alloc.ID, w.alloc.Device}] && (next.IsZero() || w.at.Before(next)) {
+			next = w.at
+		}
+	}
+	return next
 }
