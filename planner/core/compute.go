@@ -904,30 +904,29 @@ func (p *planner) placeCount(gp *groupPlan) {
 			unplaced++ // nothing was placed since the first failure: same outcome
 			continue
 		}
-		best := func() (int32, bool) {
-			if p.pick != nil {
-				return p.pick(p, gp)
-			}
-			if r == nil {
-				r = p.newRanker(gp)
-			}
-			return r.best()
+		if r == nil && p.pick == nil {
+			r = p.newRanker(gp)
 		}
-		var di int32
-		var ok bool
 		if resched {
 			// Another device first; the failed one only when no other can
 			// take it.
 			p.avoid = rs.di
-			if di, ok = best(); !ok {
-				p.avoid = -1
-				if r != nil {
-					r.restore()
-				}
-				di, ok = best()
-			}
+		}
+		var di int32
+		var ok bool
+		if p.pick != nil {
+			di, ok = p.pick(p, gp)
 		} else {
-			di, ok = best()
+			di, ok = r.best()
+		}
+		if resched && !ok {
+			p.avoid = -1
+			if r != nil {
+				r.restore()
+				di, ok = r.best()
+			} else {
+				di, ok = p.pick(p, gp)
+			}
 		}
 		switch {
 		case !ok && resched:
@@ -986,18 +985,7 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces str
 		p.suffix[di] = deviceSuffix(p.devs[di].ID)
 	}
 	id := allocID(gp.job.Job.ID, gp.group.Name, index, p.suffix[di])
-	// An id the device still reports belongs to an allocation stopped
-	// there (a failed one rescheduled back to its device, say): its report
-	// must not pass for the new allocation's.
-	reported := p.devs[di].Reported
-	taken := func(id string) bool {
-		if p.ids.has(id) {
-			return true
-		}
-		_, ok := reported[id]
-		return ok
-	}
-	if taken(id) {
+	if p.idTaken(di, id) {
 		// Two devices share the hash prefix, or the device reports the id:
 		// use the whole hash, and should that be taken too (an id made up
 		// by someone else), a counter.
@@ -1005,7 +993,7 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces str
 		full := hex.EncodeToString(sum[:])
 		id = allocID(gp.job.Job.ID, gp.group.Name, index, full)
 		for n := 2; ; n++ {
-			if !taken(id) {
+			if !p.idTaken(di, id) {
 				break
 			}
 			id = allocID(gp.job.Job.ID, gp.group.Name, index, full+"-"+strconv.Itoa(n))
@@ -1025,6 +1013,21 @@ func (p *planner) placeOn(gp *groupPlan, di int32, index, slot int, replaces str
 	})
 	gp.placedDev = append(gp.placedDev, di)
 	p.count(gp, di, id)
+}
+
+// idTaken reports whether a new allocation on a device may not have an id:
+// an allocation has it, or the device still reports it (an allocation
+// stopped there, whose report must not pass for the new one's: a failed
+// allocation rescheduled back to its device, say).
+func (p *planner) idTaken(di int32, id string) bool {
+	if p.ids.has(id) {
+		return true
+	}
+	if rep := p.devs[di].Reported; len(rep) > 0 {
+		_, ok := rep[id]
+		return ok
+	}
+	return false
 }
 
 // grow makes room for n more new allocations of a group.
