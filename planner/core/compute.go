@@ -47,8 +47,9 @@ func allocID(job, group string, index int, suffix string) string {
 // Compute plans the allocations of every job over every device at time now.
 // It is pure and deterministic: it does not modify s, does no I/O, reads no
 // clock, and the same s and now always yield the same Plan, whatever the
-// order of its slices (now only decides which allocations are lost, see
-// below, and is copied into Plan.Now). The Plan shares task data with s and
+// order of its slices (now only decides which allocations are lost and
+// which failed ones are rescheduled, see below, and is copied into
+// Plan.Now). The Plan shares task data with s and
 // must be treated as read-only; Plan.Allocations may share its array with
 // Plan.Keep or Plan.Place. See the package documentation for the flow; the
 // rules in short:
@@ -77,8 +78,8 @@ func allocID(job, group string, index int, suffix string) string {
 //     allocations this way.
 //   - A batch or sysbatch allocation reported complete at its version is
 //     kept as is, whatever its device has become: it is never restarted or
-//     re-placed. Failed allocations are kept too (no rescheduling in this
-//     version).
+//     re-placed. Failed allocations are kept too, unless their group
+//     reschedules them (see below).
 //   - Terminal allocations (reported complete or failed at their version)
 //     reserve nothing and do not count for distinct_hosts,
 //     distinct_property or spread. A report about another version is about
@@ -130,6 +131,14 @@ func allocID(job, group string, index int, suffix string) string {
 //     Plan.Deferred; Plan.Rollouts reports each rollout, and NextEval
 //     includes its progress deadline. New slots and in-place updates are
 //     never gated. See the package documentation.
+//   - Rescheduling (protocol.Reschedule). A failed allocation running the
+//     job's spec in a service or batch group whose policy reschedules is
+//     stopped once its delay (from its tasks' latest FinishedAt, else
+//     Device.ReportedAt) has passed and its attempts allow, and its index
+//     placed again with Alloc.Reschedules extended by now, on another device
+//     when one can take it, else its own, else it stays; until then it
+//     stays and NextEval includes the time. Not while the version's rollout
+//     failed. See the package documentation.
 //   - Ineligible and draining devices get no new allocation; a draining
 //     device's service and batch allocations are stopped and placed
 //     elsewhere, max_parallel at a time with an update block. See drain.go.

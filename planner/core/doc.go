@@ -29,7 +29,9 @@
 //     update candidate. When several allocations claim one slot (an index,
 //     or a device for system and sysbatch groups) only one survives; see
 //     judgeSlot. Ineligible and draining devices keep their allocations
-//     here (see Drain).
+//     here (see Drain). A failed allocation whose group reschedules is
+//     not kept once its delay has passed: its slot is left free (see
+//     Rescheduling).
 //  2. Disconnect. The slots keepPass set aside because they hold a lost
 //     allocation of a group that replaces, or an allocation with a Replaces
 //     mark, are judged by judgeDisconnect (disconnect.go), after every other
@@ -51,7 +53,8 @@
 //     The others stay as they are, in Plan.Deferred (rollout.go).
 //  6. Place. Every free slot is placed: indices [0,count) of service and
 //     batch groups on the best device (see ranker.go), a replacement naming
-//     the lost allocation it replaces, and one allocation (index 0) of each
+//     the lost allocation it replaces, a rescheduled slot on the best
+//     device but the failed allocation's own, and one allocation (index 0) of each
 //     system and sysbatch group on every feasible device that has none yet
 //     and room for it.
 //  7. Rollout state. finishRollout computes every rollout (Plan.Rollouts)
@@ -210,6 +213,43 @@
 // reported complete. Allocations of a disconnect slot (lost, or replacing a
 // lost one) are left to the disconnect policy.
 //
+// # Rescheduling
+//
+// After Nomad's reschedule block (protocol.Reschedule; see
+// protocol.Group.ReschedulePolicy for the defaults: service groups
+// reschedule without limit, 30s delay doubling to 1h; batch groups only
+// with a block; system and sysbatch groups never). An allocation of a group
+// that reschedules, running the job's spec and reported failed at its
+// version, failed at failedAt: the latest task FinishedAt of the report
+// (the shell shifts task times onto the server's clock), else
+// Device.ReportedAt. Alloc.Reschedules is the slot's history (when earlier
+// allocations of the slot were rescheduled, oldest first). The allocation
+// may be rescheduled from failedAt + DelayAfter(len(Reschedules)) on, and,
+// unless the policy is unlimited, once fewer than Attempts of the history
+// lie within Interval of now (rescheduleAt). Then:
+//
+//   - It is stopped and its index placed again at the job's version, with
+//     Reschedules = the history + now, on the best feasible device with
+//     room other than its own; on its own device only when no other can
+//     take it; and when none can, it stays as it is (failed) and a later
+//     plan tries again. A placement never takes an id its device still
+//     reports, so the old allocation's report cannot pass for the new one's.
+//   - Before that time it stays (failed, reserving nothing), and
+//     Plan.NextEval includes the time. With the attempts used up the time
+//     is when the oldest counted attempt leaves the interval: as it is
+//     level-triggered, the planner reschedules then.
+//   - Rollouts: a failed allocation in a group with an update block counts
+//     as unhealthy for the rollout while its delay runs, as before; then it
+//     is rescheduled like any other (its replacement is a new slot, never
+//     gated), unless the rollout of the version failed (Job.Rollout): then
+//     it stays, for the operator or auto_revert. Its time still counts for
+//     NextEval (Job.Rollout may change between plans; the time may not).
+//   - Disconnect: a failed allocation is never lost or away; when it wins a
+//     slot of the disconnect policy and nothing else is left there, it is
+//     rescheduled as above.
+//   - Updates (a new version) re-run a failed allocation in place, keeping
+//     its history; a drain moves it without its history.
+//
 // # Buckets
 //
 // Plan.Keep, Plan.Update, Plan.Stop and Plan.Place partition the outcome the
@@ -222,7 +262,7 @@
 //
 // # Limits of this version
 //
-// No rescheduling: failed allocations stay where they are, and allocations on
-// offline devices are only replaced once lost (never moved). No preemption. Disk and device resources
+// Allocations on offline devices are only replaced once lost (never moved);
+// failed ones are rescheduled (see Rescheduling). No preemption. Disk and device resources
 // are reserved but not scored by bin packing (as in Nomad).
 package core
