@@ -390,3 +390,36 @@ func TestLostDeviceIsReplacedAndReconciled(t *testing.T) {
 	}
 	wait(f, f.topics.Desired("b"), protocol.DecodeDesired, "the replacement gone from b", func(d protocol.Desired) bool { return len(d.Allocations) == 0 })
 }
+
+// A failed allocation is replaced on the other device once its delay has
+// passed, with no other event, counting from its task's finish time as the
+// server's clock sees it (the device's clock is an hour ahead here), and
+// the replacement keeps the history in the store.
+func TestFailedAllocationIsRescheduled(t *testing.T) {
+	f := newFixture(t)
+	f.device("a", 2000, 1024, nil)
+	f.device("b", 2000, 1024, nil)
+	f.startPlanner()
+	f.publish(f.topics.Job("svc"), `{"id":"svc","groups":[{"name":"g","count":1,"reschedule":{"attempts":1,"delay":"1s"},"tasks":[{"name":"t","driver":"podman","config":{"image":"i"}}]}]}`)
+	st := wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "placed", func(s protocol.JobStatus) bool { return s.Counts.Placed == 1 })
+	failed := st.Allocs[0]
+	d := wait(f, f.topics.Desired(failed.Device), protocol.DecodeDesired, "desired state", func(d protocol.Desired) bool { return len(d.Allocations) == 1 })
+	al := d.Allocations[0]
+	deviceNow := time.Now().Add(time.Hour)
+	rep := protocol.Reported{Device: d.Device, Epoch: "e1", Seq: 1, ObservedGeneration: d.Generation, Time: deviceNow,
+		Allocations: []protocol.AllocStatus{{ID: al.ID, Job: al.Job, JobVersion: al.JobVersion, Group: al.Group, State: protocol.AllocFailed,
+			Tasks: []protocol.TaskStatus{{Name: "t", State: protocol.TaskFailed, FinishedAt: &deviceNow}}}}}
+	f.publish(f.topics.Reported(d.Device), rep)
+	other := map[string]string{"a": "b", "b": "a"}[failed.Device]
+	st = wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "a replacement on "+other, func(s protocol.JobStatus) bool {
+		return len(s.Allocs) == 1 && s.Allocs[0].Device == other
+	})
+	allocs, err := f.store.Allocations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(allocs) != 1 || allocs[0].ID != st.Allocs[0].ID || len(allocs[0].Reschedules) != 1 {
+		t.Fatalf("stored allocations %+v, want the replacement with one reschedule", allocs)
+	}
+	wait(f, f.topics.Desired(failed.Device), protocol.DecodeDesired, "the failed allocation gone", func(d protocol.Desired) bool { return len(d.Allocations) == 0 })
+}
