@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -637,6 +638,11 @@ func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads [
 	for _, h := range heads {
 		st := BuildStatus(h, plan.Groups[h.ID], byJob[h.ID], reported, conn)
 		st.Type = types[h.ID]
+		for i := range st.Allocs {
+			if at, ok := plan.RescheduleAt[st.Allocs[i].ID]; ok {
+				st.Allocs[i].Message = strings.TrimPrefix(st.Allocs[i].Message+"; rescheduling after "+at.UTC().Format(time.RFC3339), "; ")
+			}
+		}
 		if r, ok := plan.Rollouts[h.ID]; ok && !h.Stopped {
 			st.Rollout = &r // saveRollouts added RevertedTo
 		}

@@ -400,7 +400,7 @@ func TestFailedAllocationIsRescheduled(t *testing.T) {
 	f.device("a", 2000, 1024, nil)
 	f.device("b", 2000, 1024, nil)
 	f.startPlanner()
-	f.publish(f.topics.Job("svc"), `{"id":"svc","groups":[{"name":"g","count":1,"reschedule":{"attempts":1,"delay":"1s"},"tasks":[{"name":"t","driver":"podman","config":{"image":"i"}}]}]}`)
+	f.publish(f.topics.Job("svc"), `{"id":"svc","groups":[{"name":"g","count":1,"reschedule":{"attempts":1,"delay":"2s"},"tasks":[{"name":"t","driver":"podman","config":{"image":"i"}}]}]}`)
 	st := wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "placed", func(s protocol.JobStatus) bool { return s.Counts.Placed == 1 })
 	failed := st.Allocs[0]
 	d := wait(f, f.topics.Desired(failed.Device), protocol.DecodeDesired, "desired state", func(d protocol.Desired) bool { return len(d.Allocations) == 1 })
@@ -410,6 +410,9 @@ func TestFailedAllocationIsRescheduled(t *testing.T) {
 		Allocations: []protocol.AllocStatus{{ID: al.ID, Job: al.Job, JobVersion: al.JobVersion, Group: al.Group, State: protocol.AllocFailed,
 			Tasks: []protocol.TaskStatus{{Name: "t", State: protocol.TaskFailed, FinishedAt: &deviceNow}}}}}
 	f.publish(f.topics.Reported(d.Device), rep)
+	wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "the failed allocation waiting", func(s protocol.JobStatus) bool {
+		return len(s.Allocs) == 1 && s.Allocs[0].State == protocol.AllocFailed && strings.HasPrefix(s.Allocs[0].Message, "rescheduling after ")
+	})
 	other := map[string]string{"a": "b", "b": "a"}[failed.Device]
 	st = wait(f, f.topics.JobStatus("svc"), protocol.DecodeJobStatus, "a replacement on "+other, func(s protocol.JobStatus) bool {
 		return len(s.Allocs) == 1 && s.Allocs[0].Device == other

@@ -240,7 +240,9 @@ func compute(s Snapshot, now time.Time, pick func(*planner, *groupPlan) (int32, 
 		plan.Groups[gp.job.Job.ID] = append(plan.Groups[gp.job.Job.ID], gp.status)
 	}
 	p.connectivity(&plan, byID)
-	for _, at := range []time.Time{p.rolloutEval, p.rescheduleEval()} {
+	var reschedEval time.Time
+	reschedEval, plan.RescheduleAt = p.rescheduleEval()
+	for _, at := range []time.Time{p.rolloutEval, reschedEval} {
 		if !at.IsZero() && (plan.NextEval.IsZero() || at.Before(plan.NextEval)) {
 			plan.NextEval = at
 		}

@@ -112,21 +112,29 @@ type waitingFailed struct {
 }
 
 // rescheduleEval is the earliest time a failed allocation the plan keeps may
-// be rescheduled; zero when none waits.
-func (p *planner) rescheduleEval() time.Time {
+// be rescheduled, zero when none waits, and each one's time by id.
+func (p *planner) rescheduleEval() (time.Time, map[string]time.Time) {
 	var next time.Time
 	if len(p.waiting) == 0 {
-		return next
+		return next, nil
 	}
+	at := make(map[string]time.Time, len(p.waiting))
 	type key struct{ id, device string }
 	stopped := make(map[key]bool, len(p.stop))
 	for i := range p.stop {
 		stopped[key{p.stop[i].ID, p.stop[i].Device}] = true
 	}
 	for _, w := range p.waiting {
-		if !stopped[key{w.alloc.ID, w.alloc.Device}] && (next.IsZero() || w.at.Before(next)) {
+		if stopped[key{w.alloc.ID, w.alloc.Device}] {
+			continue
+		}
+		at[w.alloc.ID] = w.at
+		if next.IsZero() || w.at.Before(next) {
 			next = w.at
 		}
 	}
-	return next
+	if len(at) == 0 {
+		at = nil
+	}
+	return next, at
 }

@@ -118,6 +118,9 @@ type Plan struct {
 	// failed allocation's reschedule delay ends: the time to compute again
 	// without any other event; zero when there is none.
 	NextEval time.Time
+	// RescheduleAt says, by allocation id, when each failed allocation the
+	// plan keeps may be rescheduled (see Compute); nil when none waits.
+	RescheduleAt map[string]time.Time
 
 	// Rollouts is the state of the rollout of every job that is not stopped
 	// and has a group with an update block, by job id: the shell persists
