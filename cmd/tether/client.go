@@ -7,6 +7,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/bus"
+	"github.com/tether-edge/tether/protocol"
 )
 
 // dial connects a short-lived operator client.
@@ -25,6 +26,17 @@ func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
 		return nil, fmt.Errorf("cannot reach the broker at %s (set --broker or TETHER_BROKER; is `tether dev` or `tether server` running?): %w", g.broker, err)
 	}
 	return c, nil
+}
+
+// connect connects a short-lived operator client under the topic root the
+// flags name.
+func (g *globals) connect(ctx context.Context) (*bus.Client, protocol.Topics, error) {
+	topics, err := g.topics()
+	if err != nil {
+		return nil, topics, err
+	}
+	c, err := g.dial(ctx)
+	return c, topics, err
 }
 
 // collect subscribes to filters and returns every message (retained ones

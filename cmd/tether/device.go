@@ -35,11 +35,7 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 			if output != "json" && output != "table" {
 				return fmt.Errorf("-o %q: want table or json", output)
 			}
-			topics, err := g.topics()
-			if err != nil {
-				return err
-			}
-			c, err := g.dial(cmd.Context())
+			c, topics, err := g.connect(cmd.Context())
 			if err != nil {
 				return err
 			}

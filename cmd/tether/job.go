@@ -70,14 +70,32 @@ its field path, and nothing is published.`,
 	return cmd
 }
 
-// followStatus connects and subscribes to a job's status; every status
-// that arrives (the retained one first) goes to the returned channel.
-func (g *globals) followStatus(ctx context.Context, job string) (*bus.Client, protocol.Topics, <-chan protocol.JobStatus, error) {
-	topics, err := g.topics()
+// followStatus checks a job id, connects and subscribes to the job's
+// status; every status that arrives (the retained one first) goes to the
+// returned channel.
+// settledStatus waits for a barrier round trip on a client that follows a
+// job's status (followStatus) and returns the newest status delivered
+// before it: the job's current status, nil when it has none.
+func settledStatus(ctx context.Context, c *bus.Client, topics protocol.Topics, statuses <-chan protocol.JobStatus) (*protocol.JobStatus, error) {
+	bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := c.Barrier(bctx, topics.Base())
+	cancel()
 	if err != nil {
-		return nil, topics, nil, err
+		return nil, err
 	}
-	c, err := g.dial(ctx)
+	var st *protocol.JobStatus
+	for len(statuses) > 0 {
+		s := <-statuses
+		st = &s
+	}
+	return st, nil
+}
+
+func (g *globals) followStatus(ctx context.Context, job string) (*bus.Client, protocol.Topics, <-chan protocol.JobStatus, error) {
+	if err := protocol.ValidateID(job); err != nil {
+		return nil, protocol.Topics{}, nil, fmt.Errorf("job: %w", err)
+	}
+	c, topics, err := g.connect(ctx)
 	if err != nil {
 		return nil, topics, nil, err
 	}
@@ -207,22 +225,20 @@ func newJobStatusCmd(g *globals) *cobra.Command {
 				}
 				return watchJob(cmd, g, args[0])
 			}
-			topics, err := g.topics()
-			if err != nil {
-				return err
-			}
-			filter := topics.JobStatusFilter()
 			if len(args) == 1 {
 				if err := protocol.ValidateID(args[0]); err != nil {
 					return fmt.Errorf("job: %w", err)
 				}
-				filter = topics.JobStatus(args[0])
 			}
-			c, err := g.dial(cmd.Context())
+			c, topics, err := g.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			filter := topics.JobStatusFilter()
+			if len(args) == 1 {
+				filter = topics.JobStatus(args[0])
+			}
 			msgs, err := collect(cmd.Context(), c, topics.Base(), filter)
 			if err != nil {
 				return err
@@ -272,9 +288,6 @@ func newJobStatusCmd(g *globals) *cobra.Command {
 // watchJob prints a job's detail, then a line per change, until the
 // command's context ends.
 func watchJob(cmd *cobra.Command, g *globals, id string) error {
-	if err := protocol.ValidateID(id); err != nil {
-		return fmt.Errorf("job: %w", err)
-	}
 	ctx := cmd.Context()
 	c, _, statuses, err := g.followStatus(ctx, id)
 	if err != nil {
@@ -362,26 +375,15 @@ func newJobStopCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			if err := protocol.ValidateID(id); err != nil {
-				return fmt.Errorf("job: %w", err)
-			}
 			ctx := cmd.Context()
 			c, topics, statuses, err := g.followStatus(ctx, id)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			base := topics.Base()
-			bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = c.Barrier(bctx, base)
-			cancel()
+			before, err := settledStatus(ctx, c, topics, statuses)
 			if err != nil {
 				return err
-			}
-			var before *protocol.JobStatus
-			for len(statuses) > 0 {
-				st := <-statuses
-				before = &st
 			}
 			if before == nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "job %s not found\n", id)

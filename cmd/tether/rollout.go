@@ -110,12 +110,8 @@ allocations would be placed, updated or stopped, 255 on an error.`,
 				return cli.ExitError{Code: 255}
 			}
 			payload, _ := protocol.Encode(job)
-			topics, err := g.topics()
-			if err != nil {
-				return planFailed(cmd, err)
-			}
 			ctx := cmd.Context()
-			c, err := g.dial(ctx)
+			c, topics, err := g.connect(ctx)
 			if err != nil {
 				return planFailed(cmd, err)
 			}
@@ -228,11 +224,7 @@ func newJobHistoryCmd(g *globals) *cobra.Command {
 			if err := protocol.ValidateID(args[0]); err != nil {
 				return fmt.Errorf("job: %w", err)
 			}
-			topics, err := g.topics()
-			if err != nil {
-				return err
-			}
-			c, err := g.dial(cmd.Context())
+			c, topics, err := g.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -278,9 +270,6 @@ func newJobRevertCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			if err := protocol.ValidateID(id); err != nil {
-				return fmt.Errorf("job: %w", err)
-			}
 			version, err := strconv.ParseUint(args[1], 10, 64)
 			if err != nil || version == 0 {
 				return fmt.Errorf("version %q: want a version number from `tether job history %s`", args[1], id)
@@ -337,25 +326,15 @@ func newJobPromoteCmd(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			if err := protocol.ValidateID(id); err != nil {
-				return fmt.Errorf("job: %w", err)
-			}
 			ctx := cmd.Context()
 			c, topics, statuses, err := g.followStatus(ctx, id)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			bctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err = c.Barrier(bctx, topics.Base())
-			cancel()
+			st, err := settledStatus(ctx, c, topics, statuses)
 			if err != nil {
 				return err
-			}
-			var st *protocol.JobStatus
-			for len(statuses) > 0 {
-				s := <-statuses
-				st = &s
 			}
 			errOut := cmd.ErrOrStderr()
 			switch {
@@ -449,22 +428,17 @@ what it runs. --enable makes it eligible again, and ends a drain.`,
 				return fmt.Errorf("want exactly one of --enable or --disable")
 			}
 			id := args[0]
-			if err := protocol.ValidateID(id); err != nil {
-				return fmt.Errorf("device: %w", err)
+			if !disable {
+				return g.setScheduling(cmd, protocol.Scheduling{Device: id}, nil)
 			}
-			if disable {
-				cur, err := g.currentScheduling(cmd, id)
-				if err != nil {
-					return err
-				}
+			no := false
+			return g.setScheduling(cmd, protocol.Scheduling{Device: id, Eligible: &no}, func(cur protocol.Scheduling) bool {
 				if cur.Drain {
 					fmt.Fprintf(cmd.OutOrStdout(), "Device %s is draining, so ineligible already; `tether device drain %s --disable` ends the drain\n", id, id)
-					return nil
+					return false
 				}
-				no := false
-				return g.setScheduling(cmd, protocol.Scheduling{Device: id, Eligible: &no})
-			}
-			return g.setScheduling(cmd, protocol.Scheduling{Device: id})
+				return true
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&enable, "enable", false, "the device takes new allocations (the default)")
@@ -484,59 +458,46 @@ and sysbatch allocations stay. --disable ends the drain and makes the
 device eligible again. Follow the moves with ` + "`tether job status`" + `.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if disable {
-				return g.setScheduling(cmd, protocol.Scheduling{Device: args[0]})
-			}
-			return g.setScheduling(cmd, protocol.Scheduling{Device: args[0], Drain: true})
+			return g.setScheduling(cmd, protocol.Scheduling{Device: args[0], Drain: !disable}, nil)
 		},
 	}
 	cmd.Flags().BoolVar(&disable, "disable", false, "stop draining and make the device eligible again")
 	return cmd
 }
 
-// currentScheduling reads a device's retained scheduling setting (the
-// defaults when there is none).
-func (g *globals) currentScheduling(cmd *cobra.Command, id string) (protocol.Scheduling, error) {
-	topics, err := g.topics()
-	if err != nil {
-		return protocol.Scheduling{}, err
-	}
-	c, err := g.dial(cmd.Context())
-	if err != nil {
-		return protocol.Scheduling{}, err
-	}
-	defer c.Close()
-	msgs, err := collect(cmd.Context(), c, topics.Base(), topics.Scheduling(id))
-	if err != nil {
-		return protocol.Scheduling{}, err
-	}
-	for _, m := range msgs {
-		if sc, err := protocol.DecodeScheduling(m.Payload); err == nil {
-			return sc, nil
-		}
-	}
-	return protocol.Scheduling{Device: id}, nil
-}
-
-// setScheduling publishes a device's scheduling setting, retained.
-func (g *globals) setScheduling(cmd *cobra.Command, s protocol.Scheduling) error {
+// setScheduling publishes a device's scheduling setting, retained. When
+// given, proceed first sees the device's current setting (the defaults
+// when it has none) and may leave it as it is.
+func (g *globals) setScheduling(cmd *cobra.Command, s protocol.Scheduling, proceed func(cur protocol.Scheduling) bool) error {
 	if err := protocol.ValidateID(s.Device); err != nil {
 		return fmt.Errorf("device: %w", err)
 	}
-	topics, err := g.topics()
-	if err != nil {
-		return err
-	}
-	c, err := g.dial(cmd.Context())
+	ctx := cmd.Context()
+	c, topics, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if proceed != nil {
+		msgs, err := collect(ctx, c, topics.Base(), topics.Scheduling(s.Device))
+		if err != nil {
+			return err
+		}
+		cur := protocol.Scheduling{Device: s.Device}
+		for _, m := range msgs {
+			if sc, err := protocol.DecodeScheduling(m.Payload); err == nil {
+				cur = sc
+			}
+		}
+		if !proceed(cur) {
+			return nil
+		}
+	}
 	var payload []byte // eligible and not draining: the default, so clear it
 	if !s.IsEligible() {
 		payload, _ = protocol.Encode(s)
 	}
-	pctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	err = c.Publish(pctx, topics.Scheduling(s.Device), payload, true, 1)
 	cancel()
 	if err != nil {
