@@ -655,18 +655,25 @@ func TestDisconnectValidation(t *testing.T) {
 			"groups[0].disconnect.lsot_after: unknown field, want one of lost_after, replace, reconcile, stop_after",
 		}},
 	} {
-		_, err := ParseJob([]byte(c.doc))
-		var got []string
-		for _, fe := range FieldErrors(err) {
-			got = append(got, fe.Error())
-		}
-		if c.want == nil && err != nil {
-			t.Errorf("%s: refused: %q", c.doc, got)
-		}
-		for _, w := range c.want {
-			if !slices.Contains(got, w) {
-				t.Errorf("%s: missing %q in %q", c.doc, w, got)
-			}
+		checkFieldErrors(t, c.doc, c.want)
+	}
+}
+
+// checkFieldErrors parses a job document and checks that it is accepted
+// (want nil) or refused with every error in want, each with its path.
+func checkFieldErrors(t *testing.T, doc string, want []string) {
+	t.Helper()
+	_, err := ParseJob([]byte(doc))
+	var got []string
+	for _, fe := range FieldErrors(err) {
+		got = append(got, fe.Error())
+	}
+	if want == nil && err != nil {
+		t.Errorf("%s: refused: %q", doc, got)
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("%s: missing %q in %q", doc, w, got)
 		}
 	}
 }

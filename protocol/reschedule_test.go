@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"slices"
 	"testing"
 	"time"
 )
@@ -65,18 +64,6 @@ func TestRescheduleValidation(t *testing.T) {
 			"groups[0].reschedule.attempts: not used with unlimited: true",
 		}},
 	} {
-		_, err := ParseJob([]byte(c.doc))
-		var got []string
-		for _, fe := range FieldErrors(err) {
-			got = append(got, fe.Error())
-		}
-		if c.want == nil && err != nil {
-			t.Errorf("%s: refused: %q", c.doc, got)
-		}
-		for _, w := range c.want {
-			if !slices.Contains(got, w) {
-				t.Errorf("%s: missing %q in %q", c.doc, w, got)
-			}
-		}
+		checkFieldErrors(t, c.doc, c.want)
 	}
 }

@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -81,19 +80,7 @@ func TestUpdateValidation(t *testing.T) {
 			"groups[0].update.max_paralel: unknown field, want one of max_parallel, canary, auto_promote, min_healthy_time, healthy_deadline, progress_deadline, auto_revert, offline, abort",
 		}},
 	} {
-		_, err := ParseJob([]byte(c.doc))
-		var got []string
-		for _, fe := range FieldErrors(err) {
-			got = append(got, fe.Error())
-		}
-		if c.want == nil && err != nil {
-			t.Errorf("%s: refused: %q", c.doc, got)
-		}
-		for _, w := range c.want {
-			if !slices.Contains(got, w) {
-				t.Errorf("%s: missing %q in %q", c.doc, w, got)
-			}
-		}
+		checkFieldErrors(t, c.doc, c.want)
 	}
 }
 
