@@ -203,12 +203,8 @@ func (p *Planner) apply(m bus.Message) {
 	case protocol.KindScheduling:
 		var sched *protocol.Scheduling
 		if len(m.Payload) > 0 {
-			sc, err := protocol.DecodeScheduling(m.Payload)
-			if err == nil && sc.Device != id {
-				err = fmt.Errorf("device: %q does not match topic device %q", sc.Device, id)
-			}
-			if err != nil {
-				log.Warn().Err(err).Msg("ignoring invalid scheduling")
+			sc, ok := decodeFor(log, "scheduling", id, m.Payload, protocol.DecodeScheduling, func(s protocol.Scheduling) string { return s.Device })
+			if !ok {
 				return
 			}
 			sched = &sc
@@ -218,12 +214,8 @@ func (p *Planner) apply(m bus.Message) {
 		if len(m.Payload) == 0 {
 			return
 		}
-		f, err := protocol.DecodeFacts(m.Payload)
-		if err == nil && f.Device != id {
-			err = fmt.Errorf("device: %q does not match topic device %q", f.Device, id)
-		}
-		if err != nil {
-			log.Warn().Err(err).Msg("ignoring invalid facts")
+		f, ok := decodeFor(log, "facts", id, m.Payload, protocol.DecodeFacts, func(f protocol.Facts) string { return f.Device })
+		if !ok {
 			return
 		}
 		p.updateDevice(id, func(d *store.DeviceRecord) { d.Facts = &f })
@@ -231,12 +223,8 @@ func (p *Planner) apply(m bus.Message) {
 		if len(m.Payload) == 0 {
 			return
 		}
-		pr, err := protocol.DecodePresence(m.Payload)
-		if err == nil && pr.Device != id {
-			err = fmt.Errorf("device: %q does not match topic device %q", pr.Device, id)
-		}
-		if err != nil {
-			log.Warn().Err(err).Msg("ignoring invalid presence")
+		pr, ok := decodeFor(log, "presence", id, m.Payload, protocol.DecodePresence, func(p protocol.Presence) string { return p.Device })
+		if !ok {
 			return
 		}
 		p.updateDevice(id, func(d *store.DeviceRecord) {
@@ -251,12 +239,8 @@ func (p *Planner) apply(m bus.Message) {
 		if len(m.Payload) == 0 {
 			return
 		}
-		r, err := protocol.DecodeReported(m.Payload)
-		if err == nil && r.Device != id {
-			err = fmt.Errorf("device: %q does not match topic device %q", r.Device, id)
-		}
-		if err != nil {
-			log.Warn().Err(err).Msg("ignoring invalid report")
+		r, ok := decodeFor(log, "report", id, m.Payload, protocol.DecodeReported, func(r protocol.Reported) string { return r.Device })
+		if !ok {
 			return
 		}
 		// Reports are ordered by their sequence number within the device's
@@ -271,6 +255,21 @@ func (p *Planner) apply(m bus.Message) {
 			d.ReportedAt = now.UTC()
 		})
 	}
+}
+
+// decodeFor decodes a message a device published on its own topic: it must
+// be valid and name the topic's device. What is not is logged (as an invalid
+// what) and ignored.
+func decodeFor[T any](log zerolog.Logger, what, id string, payload []byte, decode func([]byte) (T, error), device func(T) string) (T, bool) {
+	v, err := decode(payload)
+	if err == nil && device(v) != id {
+		err = fmt.Errorf("device: %q does not match topic device %q", device(v), id)
+	}
+	if err != nil {
+		log.Warn().Err(err).Msg("ignoring invalid " + what)
+		return v, false
+	}
+	return v, true
 }
 
 // maxBatch bounds how many messages one pass applies before planning.
@@ -379,7 +378,7 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.publishHistories(ctx, heads); err != nil {
+	if err := p.publishHistories(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	return plan.NextEval, errors.Join(errs...)

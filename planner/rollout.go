@@ -220,7 +220,7 @@ func (p *Planner) markStable(h store.JobHead, st protocol.JobStatus) {
 
 // publishHistories publishes the version history of every job whose
 // versions, stable mark or rollout outcome changed.
-func (p *Planner) publishHistories(ctx context.Context, _ []store.JobHead) error {
+func (p *Planner) publishHistories(ctx context.Context) error {
 	heads, err := p.cfg.Store.Jobs() // afresh: this pass may have marked versions
 	if err != nil {
 		return err
