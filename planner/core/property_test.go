@@ -232,16 +232,8 @@ func scanBest(p *planner, gp *groupPlan) (int32, bool) {
 // invariantViolation says what a plan breaks of what every plan must
 // satisfy, or "".
 func invariantViolation(s Snapshot, p Plan) string {
-	devices := map[string]*Device{}
-	for i := range s.Devices {
-		if _, dup := devices[s.Devices[i].ID]; !dup {
-			devices[s.Devices[i].ID] = &s.Devices[i]
-		}
-	}
-	jobs := map[string]Job{}
-	for _, j := range latestJobs(s.Jobs) {
-		jobs[j.Job.ID] = j
-	}
+	devices := devicesByID(s)
+	jobs := jobsByID(s)
 
 	// Buckets: every existing allocation is kept, updated or stopped, once;
 	// placements are new.
@@ -577,12 +569,7 @@ func rolledGroups(j Job) []protocol.Group {
 // rolloutCounts counts a group's allocations of the plan at the job's
 // version, as RolloutGroup does, leaving out the away ones.
 func rolloutCounts(s Snapshot, p Plan, j Job, g protocol.Group, away map[string]bool) (n protocol.RolloutGroup, inFlight int) {
-	devices := map[string]*Device{}
-	for i := range s.Devices {
-		if _, dup := devices[s.Devices[i].ID]; !dup {
-			devices[s.Devices[i].ID] = &s.Devices[i]
-		}
-	}
+	devices := devicesByID(s)
 	pol, _ := g.UpdatePolicy()
 	for _, a := range p.Allocations {
 		if a.Job != j.Job.ID || a.Group != g.Name || away[a.ID] || a.JobVersion != j.Version || a.Type != j.Job.Type || !sameTasks(a.Tasks, g.Tasks) {
@@ -610,22 +597,9 @@ func rolloutCounts(s Snapshot, p Plan, j Job, g protocol.Group, away map[string]
 // that replace, and those a replacement names, on devices that are not
 // online.
 func awayOf(s Snapshot, p Plan) map[string]bool {
-	devices := map[string]*Device{}
-	for i := range s.Devices {
-		if _, dup := devices[s.Devices[i].ID]; !dup {
-			devices[s.Devices[i].ID] = &s.Devices[i]
-		}
-	}
-	jobs := map[string]Job{}
-	for _, j := range latestJobs(s.Jobs) {
-		jobs[j.Job.ID] = j
-	}
-	named := map[string]bool{}
-	for _, a := range p.Allocations {
-		if a.Replaces != "" {
-			named[a.Replaces] = true
-		}
-	}
+	devices := devicesByID(s)
+	jobs := jobsByID(s)
+	named := namedByReplaces(p)
 	away := map[string]bool{}
 	for _, a := range p.Allocations {
 		d, j := devices[a.Device], jobs[a.Job]
@@ -651,22 +625,9 @@ func awayOf(s Snapshot, p Plan) map[string]bool {
 // another allocation (failed allocations are never away, even on lost
 // devices).
 func rescheduleEval(s Snapshot, p Plan) time.Time {
-	devices := map[string]*Device{}
-	for i := range s.Devices {
-		if _, dup := devices[s.Devices[i].ID]; !dup {
-			devices[s.Devices[i].ID] = &s.Devices[i]
-		}
-	}
-	jobs := map[string]Job{}
-	for _, j := range latestJobs(s.Jobs) {
-		jobs[j.Job.ID] = j
-	}
-	named := map[string]bool{}
-	for _, a := range p.Allocations {
-		if a.Replaces != "" {
-			named[a.Replaces] = true
-		}
-	}
+	devices := devicesByID(s)
+	jobs := jobsByID(s)
+	named := namedByReplaces(p)
 	var next time.Time
 	for _, a := range p.Allocations {
 		d, j := devices[a.Device], jobs[a.Job]
@@ -1215,12 +1176,7 @@ func mayBeForced(s Snapshot, u Alloc) bool {
 // destructively; Deferred lists every allocation left at an older version
 // with tasks to change.
 func rolloutStepViolation(s Snapshot, p Plan) string {
-	devices := map[string]*Device{}
-	for i := range s.Devices {
-		if _, dup := devices[s.Devices[i].ID]; !dup {
-			devices[s.Devices[i].ID] = &s.Devices[i]
-		}
-	}
+	devices := devicesByID(s)
 	away := awayOf(s, p)
 	destructive := destructiveUpdates(s, p)
 	deferred := map[string]bool{}
@@ -1370,4 +1326,37 @@ func TestInvariantCheckerCatches(t *testing.T) {
 			t.Logf("%s: %s", tt.name, err)
 		}
 	}
+}
+
+// devicesByID indexes a snapshot's devices by id (the first of duplicates,
+// as Compute takes them).
+func devicesByID(s Snapshot) map[string]*Device {
+	devices := map[string]*Device{}
+	for i := range s.Devices {
+		if _, dup := devices[s.Devices[i].ID]; !dup {
+			devices[s.Devices[i].ID] = &s.Devices[i]
+		}
+	}
+	return devices
+}
+
+// jobsByID indexes the jobs in force (latestJobs) by id.
+func jobsByID(s Snapshot) map[string]Job {
+	jobs := map[string]Job{}
+	for _, j := range latestJobs(s.Jobs) {
+		jobs[j.Job.ID] = j
+	}
+	return jobs
+}
+
+// namedByReplaces is the set of allocations a Replaces mark of the plan
+// names.
+func namedByReplaces(p Plan) map[string]bool {
+	named := map[string]bool{}
+	for _, a := range p.Allocations {
+		if a.Replaces != "" {
+			named[a.Replaces] = true
+		}
+	}
+	return named
 }
