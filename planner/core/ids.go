@@ -121,15 +121,7 @@ func (s *idSet) addPlaced(id string) {
 // that stay in cache).
 func radixSort(a []hashedID) {
 	if len(a) < 256 {
-		slices.SortFunc(a, func(x, y hashedID) int {
-			switch {
-			case x.h < y.h:
-				return -1
-			case x.h > y.h:
-				return 1
-			}
-			return 0
-		})
+		slices.SortFunc(a, func(x, y hashedID) int { return cmp.Compare(x.h, y.h) })
 		return
 	}
 	bits := uint(16)

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"cmp"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -72,15 +73,7 @@ func TestRadixSort(t *testing.T) {
 			a[i] = hashedID{h: h, i: int32(i)}
 		}
 		want := slices.Clone(a)
-		slices.SortStableFunc(want, func(x, y hashedID) int {
-			switch {
-			case x.h < y.h:
-				return -1
-			case x.h > y.h:
-				return 1
-			}
-			return 0
-		})
+		slices.SortStableFunc(want, func(x, y hashedID) int { return cmp.Compare(x.h, y.h) })
 		radixSort(a)
 		if n >= 256 && !slices.Equal(a, want) { // radix sorting is stable too
 			t.Fatalf("n=%d: not sorted like a stable comparison sort", n)
