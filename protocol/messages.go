@@ -15,6 +15,9 @@ type Desired struct {
 	Generation  uint64       `json:"generation"`
 	IssuedAt    time.Time    `json:"issued_at"`
 	Allocations []Allocation `json:"allocations"`
+	// Signature is the planner's; edged refuses a document without a valid
+	// one from a key it trusts (see VerifyDesired).
+	Signature *Signature `json:"signature,omitempty"`
 }
 
 // Allocation is one instance of a job's group placed on a device, with the
@@ -317,6 +320,9 @@ func DecodeDesired(data []byte) (Desired, error) {
 	var errs []error
 	if err := ValidateID(d.Device); err != nil {
 		errs = append(errs, fieldErr("device", "%v", err))
+	}
+	if d.Signature != nil {
+		errs = append(errs, validateSignature(*d.Signature)...)
 	}
 	seen := map[string]bool{}
 	for i, a := range d.Allocations {
