@@ -28,6 +28,9 @@ type Peer struct {
 	// Origin is the HTTP Origin header of a WebSocket connection; "" for TCP
 	// and for WebSocket clients that are not browsers.
 	Origin string
+	// CertCommonName is the common name of the client's verified TLS
+	// certificate; "" without one.
+	CertCommonName string
 }
 
 // Authenticator decides who may connect and what they may do. It is the

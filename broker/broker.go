@@ -10,6 +10,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
@@ -36,6 +37,8 @@ type Config struct {
 	// Authenticator replaces the policy built from the three fields above,
 	// which must then be left empty. nil uses that policy.
 	Authenticator Authenticator
+	// PublishLimit, when set, bounds every client's publish rate.
+	PublishLimit *PublishLimit
 
 	Log zerolog.Logger
 }
@@ -187,6 +190,11 @@ func (b *Broker) setup(auth Authenticator) error {
 	if err := b.srv.AddHook(&authHook{auth: auth, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
+	if l := b.cfg.PublishLimit; l != nil {
+		if err := b.srv.AddHook(&publishLimitHook{limit: *l, log: b.log, clients: map[string]*pubBucket{}}, nil); err != nil {
+			return fmt.Errorf("add publish limit hook: %w", err)
+		}
+	}
 
 	b.tcp = connectDeadline{
 		Listener: listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: ListenerTCP, Address: b.cfg.MQTTAddr}),
@@ -229,6 +237,21 @@ func (b *Broker) Start() error {
 		Str("data_dir", b.cfg.DataDir).Bool("persistent", b.store != nil).
 		Msg("broker started")
 	return nil
+}
+
+// Disconnect closes the connection of every client for which match returns
+// true, at once, and returns how many it closed. Their sessions stay; what
+// they may do next is the Authenticator's call when they reconnect.
+func (b *Broker) Disconnect(match func(Peer) bool) int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline || cl.Closed() || !match(peerOf(cl)) {
+			continue
+		}
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		n++
+	}
+	return n
 }
 
 // MQTTAddr is the address the TCP listener is bound to, with the real port

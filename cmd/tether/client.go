@@ -12,13 +12,17 @@ import (
 
 // dial connects a short-lived operator client.
 func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
+	user, pass, prefix, _, err := g.credentials()
+	if err != nil {
+		return nil, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := bus.Dial(dctx, bus.Config{
 		Brokers:      []string{g.broker},
-		ClientID:     bus.RandomID("tether-cli-"),
-		Username:     g.username,
-		Password:     g.password,
+		ClientID:     bus.RandomID(prefix),
+		Username:     user,
+		Password:     pass,
 		CleanSession: true,
 		Log:          zerolog.Nop(),
 	})

@@ -55,8 +55,13 @@ func newServerCmd(g *globals) *cobra.Command {
 				return err
 			}
 			printEndpoints(cmd, srv.Endpoints(), f.dataDir)
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "Planner key:   %s (pin it on devices: edged --planner-key-file)\n", filepath.Join(f.dataDir, server.PlannerKeyFile))
 			if !insecure {
-				fmt.Fprintln(cmd.OutOrStdout(), "Note:          the dashboard connects without credentials, which this server refuses until viewer identities exist; use --insecure-allow-anonymous on a trusted network, or tether dev")
+				if tf := filepath.Join(f.dataDir, server.OperatorTokenFile); fileExists(tf) {
+					fmt.Fprintf(out, "Operator:      tether --token-file %s ... (the bootstrap operator token)\n", tf)
+				}
+				fmt.Fprintln(out, "Access:        every client needs an identity: tether acl token create, tether device add, tether enroll token create")
 			}
 			select {
 			case <-cmd.Context().Done():
@@ -67,7 +72,7 @@ func newServerCmd(g *globals) *cobra.Command {
 		},
 	}
 	f.register(cmd, "where the planner and broker keep their data (required)")
-	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let clients without credentials connect from anywhere (until identities exist, needed for remote devices)")
+	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let any client connect without credentials and use any topic (trusted networks and tests only)")
 	return cmd
 }
 
@@ -171,4 +176,9 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 	cmd.Flags().StringVar(&podmanSocket, "podman-socket", "", "Podman API socket for the local edged (default: CONTAINER_HOST, else start one)")
 	cmd.Flags().BoolVar(&noEdged, "no-edged", false, "do not run a local edged")
 	return cmd
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
