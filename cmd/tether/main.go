@@ -68,7 +68,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.password, "password", os.Getenv("TETHER_PASSWORD"), "broker password (env TETHER_PASSWORD)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
-	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g))
+	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newTLSCmd())
 	return root
 }
 
