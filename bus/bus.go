@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -38,8 +39,14 @@ type Will struct {
 
 // Config of a client.
 type Config struct {
-	// Brokers are tried in order: mqtt://host:port, tcp://, ssl://, ws://.
-	Brokers  []string
+	// Brokers are tried in order: mqtt://host:port, tcp://, ssl:// (or
+	// mqtts://, tls://), ws://, wss://.
+	Brokers []string
+	// TLS is used for the ssl:// and wss:// brokers (see
+	// internal/pki.ClientConfig); nil verifies them against the system's
+	// roots. Setting it when no broker uses TLS is an error: the caller
+	// asked for TLS and would not get it.
+	TLS      *tls.Config
 	ClientID string // "" picks a random one
 	Username string
 	Password string
@@ -132,12 +139,20 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	cl := &Client{cfg: cfg, log: cfg.Log, queue: newQueue(), done: make(chan struct{})}
 	opts := paho.NewClientOptions()
+	secure := false
 	for _, b := range cfg.Brokers {
 		u, err := NormalizeURL(b)
 		if err != nil {
 			return nil, err
 		}
+		secure = secure || strings.HasPrefix(u, "ssl://") || strings.HasPrefix(u, "wss://")
 		opts.AddBroker(u)
+	}
+	if cfg.TLS != nil {
+		if !secure {
+			return nil, fmt.Errorf("mqtt: TLS settings given, but no broker URL uses TLS (mqtts://, ssl:// or wss://): %s", strings.Join(cfg.Brokers, ", "))
+		}
+		opts.SetTLSConfig(cfg.TLS)
 	}
 	opts.SetClientID(cfg.ClientID)
 	opts.SetUsername(cfg.Username)

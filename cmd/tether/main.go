@@ -99,7 +99,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("TETHER_TOKEN_FILE"), "file holding the token, e.g. a server's operator.token (env TETHER_TOKEN_FILE)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
-	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newACLCmd(g), newEnrollCmd(g), newKeysCmd(g))
+	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newACLCmd(g), newEnrollCmd(g), newKeysCmd(g), newTLSCmd())
 	return root
 }
 
