@@ -14,6 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/rs/zerolog"
 )
 
@@ -68,6 +69,10 @@ type Config struct {
 	OnConnectionLost func(error)
 	Log              zerolog.Logger
 }
+
+// ErrNotAuthorized is returned by Dial when the broker refused the
+// credentials.
+var ErrNotAuthorized = errors.New("the broker refused the credentials")
 
 // ErrTimeout is returned when the broker did not answer in time.
 var ErrTimeout = errors.New("mqtt: timed out waiting for the broker")
@@ -155,6 +160,9 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		opts.SetTLSConfig(cfg.TLS)
 	}
 	opts.SetClientID(cfg.ClientID)
+	// MQTT 3.1.1 explicitly: otherwise paho retries a refused CONNECT as
+	// MQTT 3.1, and the broker's answer to that hides why it refused.
+	opts.SetProtocolVersion(4)
 	opts.SetUsername(cfg.Username)
 	opts.SetPassword(cfg.Password)
 	opts.SetCleanSession(cfg.CleanSession)
@@ -179,6 +187,31 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	connected := make(chan struct{})
 	var connectedOnce sync.Once
+	// With ConnectRetry paho hides why an attempt failed; keep the last
+	// reason so that Dial can say "not authorized" rather than time out.
+	refused := make(chan struct{})
+	var refusedOnce sync.Once
+	var lastErr struct {
+		sync.Mutex
+		err error
+	}
+	opts.SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+		var err error
+		switch n := n.(type) {
+		case paho.ConnectionNotificationBrokerFailed:
+			err = n.Reason
+		case paho.ConnectionNotificationFailed:
+			err = n.Reason
+		default:
+			return
+		}
+		lastErr.Lock()
+		lastErr.err = err
+		lastErr.Unlock()
+		if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) {
+			refusedOnce.Do(func() { close(refused) })
+		}
+	})
 	opts.SetOnConnectHandler(func(paho.Client) {
 		// Runs on a paho goroutine: only enqueue.
 		cl.queue.push(func() {
@@ -203,8 +236,24 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	select {
 	case <-connected:
 		return cl, nil
+	case <-refused:
+		// Credentials do not get better by retrying: say so now.
+		cl.Close()
+		lastErr.Lock()
+		why := lastErr.err
+		lastErr.Unlock()
+		return nil, fmt.Errorf("connect to %s: %w: %w", strings.Join(cfg.Brokers, ", "), ErrNotAuthorized, why)
 	case <-ctx.Done():
 		cl.Close()
+		lastErr.Lock()
+		why := lastErr.err
+		lastErr.Unlock()
+		if why != nil {
+			if errors.Is(why, packets.ErrorRefusedNotAuthorised) || errors.Is(why, packets.ErrorRefusedBadUsernameOrPassword) {
+				return nil, fmt.Errorf("connect to %s: %w: %w", strings.Join(cfg.Brokers, ", "), ErrNotAuthorized, why)
+			}
+			return nil, fmt.Errorf("connect to %s: %w (last attempt: %w)", strings.Join(cfg.Brokers, ", "), ctx.Err(), why)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", strings.Join(cfg.Brokers, ", "), ctx.Err())
 	}
 }

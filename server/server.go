@@ -1,9 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -36,8 +39,10 @@ type Config struct {
 	Dev bool
 	// InsecureAllowAnonymous lets anyone in without credentials.
 	InsecureAllowAnonymous bool
-	Topics                 protocol.Topics
-	Log                    zerolog.Logger
+	// TLS, when set, secures the MQTT and WebSocket listeners.
+	TLS    *tls.Config
+	Topics protocol.Topics
+	Log    zerolog.Logger
 }
 
 // Files a server writes into its data dir for the people and devices that
@@ -60,10 +65,16 @@ type Endpoints struct {
 	MQTT string `json:"mqtt"` // host:port
 	WS   string `json:"ws,omitempty"`
 	HTTP string `json:"http,omitempty"`
+	TLS  bool   `json:"tls,omitempty"`
 }
 
 // MQTTURL is the broker URL clients should use.
-func (e Endpoints) MQTTURL() string { return "mqtt://" + e.MQTT }
+func (e Endpoints) MQTTURL() string {
+	if e.TLS {
+		return "mqtts://" + e.MQTT
+	}
+	return "mqtt://" + e.MQTT
+}
 
 // Server is a started server.
 type Server struct {
@@ -123,6 +134,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		DataDir:  filepath.Join(cfg.DataDir, "broker"),
 		MQTTAddr: cfg.MQTTAddr,
 		WSAddr:   cfg.WSAddr,
+		TLS:      cfg.TLS,
 		Log:      cfg.Log.With().Str("part", "broker").Logger(),
 		PublishLimit: &broker.PublishLimit{
 			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
@@ -159,11 +171,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := b.Start(); err != nil {
 		return nil, err
 	}
-	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr()}
+	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil}
+	plannerURL, plannerTLS := "tcp://"+b.MQTTAddr(), (*tls.Config)(nil)
+	if cfg.TLS != nil {
+		plannerURL, plannerTLS = "ssl://"+b.MQTTAddr(), pinnedTLS(cfg.TLS)
+	}
 
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	client, err := bus.Dial(dctx, bus.Config{
-		Brokers:      []string{"tcp://" + b.MQTTAddr()},
+		Brokers:      []string{plannerURL},
+		TLS:          plannerTLS,
 		ClientID:     bus.RandomID("tether-planner-"),
 		Username:     plannerUser,
 		Password:     password,
@@ -219,6 +236,25 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ok = true
 	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
 	return s, nil
+}
+
+// pinnedTLS is the planner's client side of the broker's own TLS: it
+// trusts exactly the broker's certificate, whatever CA issued it.
+func pinnedTLS(server *tls.Config) *tls.Config {
+	var leaf []byte
+	if len(server.Certificates) > 0 && len(server.Certificates[0].Certificate) > 0 {
+		leaf = server.Certificates[0].Certificate[0]
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || leaf == nil || !bytes.Equal(raw[0], leaf) {
+				return errors.New("the broker's certificate is not the one this server loaded")
+			}
+			return nil
+		},
+	}
 }
 
 // PlannerKeys returns the planner's public keys, the current one last.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,9 +17,14 @@ func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	tlsCfg, err := g.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := bus.Dial(dctx, bus.Config{
+		TLS:          tlsCfg,
 		Brokers:      []string{g.broker},
 		ClientID:     bus.RandomID(prefix),
 		Username:     user,
@@ -26,6 +32,9 @@ func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
 		CleanSession: true,
 		Log:          zerolog.Nop(),
 	})
+	if errors.Is(err, bus.ErrNotAuthorized) {
+		return nil, fmt.Errorf("the broker at %s refused this client: a tether server needs a token (--token, --token-file or TETHER_TOKEN): %w", g.broker, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the broker at %s (set --broker or TETHER_BROKER; is `tether dev` or `tether server` running?): %w", g.broker, err)
 	}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/spf13/cobra"
 	"github.com/tether-edge/tether/internal/cli"
+	"github.com/tether-edge/tether/internal/pki"
 	"github.com/tether-edge/tether/internal/version"
 	"github.com/tether-edge/tether/protocol"
 )
@@ -27,6 +29,18 @@ type globals struct {
 	password  string
 	token     string
 	tokenFile string
+	caFile    string
+	certFile  string
+	keyFile   string
+}
+
+// tlsConfig is the client TLS the flags ask for; nil when none is given
+// (a mqtts:// broker is then checked against the system's roots).
+func (g *globals) tlsConfig() (*tls.Config, error) {
+	if g.caFile == "" && g.certFile == "" && g.keyFile == "" {
+		return nil, nil
+	}
+	return pki.ClientConfig(g.caFile, g.certFile, g.keyFile)
 }
 
 // credentials resolves --token/--token-file against --username/--password:
@@ -97,6 +111,9 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.password, "password", os.Getenv("TETHER_PASSWORD"), "broker password (env TETHER_PASSWORD)")
 	pf.StringVar(&g.token, "token", os.Getenv("TETHER_TOKEN"), "operator or viewer token, <id>.<secret> (env TETHER_TOKEN)")
 	pf.StringVar(&g.tokenFile, "token-file", os.Getenv("TETHER_TOKEN_FILE"), "file holding the token, e.g. a server's operator.token (env TETHER_TOKEN_FILE)")
+	pf.StringVar(&g.caFile, "ca-file", os.Getenv("TETHER_CA_FILE"), "CA (PEM) to check a mqtts:// or wss:// broker against (env TETHER_CA_FILE)")
+	pf.StringVar(&g.certFile, "cert-file", os.Getenv("TETHER_CERT_FILE"), "client certificate (PEM), for brokers that take them (env TETHER_CERT_FILE)")
+	pf.StringVar(&g.keyFile, "key-file", os.Getenv("TETHER_KEY_FILE"), "key of --cert-file (env TETHER_KEY_FILE)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
 	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newACLCmd(g), newEnrollCmd(g), newKeysCmd(g), newTLSCmd())
