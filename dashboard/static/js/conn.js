@@ -197,9 +197,14 @@ export class Link {
   }
 }
 
-/** brokerURL is where the broker's WebSocket listener is, seen from this page. */
-export function brokerURL(loc, wsPort) {
-  const scheme = loc.protocol === 'https:' ? 'wss' : 'ws';
+/**
+ * brokerURL is where the broker's WebSocket listener is, seen from this
+ * page: wss:// when the listener speaks TLS (config.json's ws_tls), or when
+ * the page came over https (browsers refuse ws:// from an https page: a
+ * TLS-terminating proxy in front of both is the usual setup); else ws://.
+ */
+export function brokerURL(loc, wsPort, tls = false) {
+  const scheme = tls || loc.protocol === 'https:' ? 'wss' : 'ws';
   // location.hostname keeps the brackets of an IPv6 literal.
   return `${scheme}://${loc.hostname}:${wsPort}`;
 }

@@ -34,7 +34,7 @@ async function main() {
   };
 
   const link = cfg.ws_port ? new Link({
-    url: brokerURL(location, cfg.ws_port),
+    url: brokerURL(location, cfg.ws_port, cfg.ws_tls === true),
     base: fleet.base,
     filters: fleet.filters(),
     gaps: () => fleet.gaps(),
