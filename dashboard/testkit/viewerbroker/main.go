@@ -30,14 +30,8 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/tether-edge/tether/dashboard"
+	"github.com/tether-edge/tether/protocol"
 )
-
-// viewerFilters are the filters a viewer may read, under "{base}/".
-var viewerFilters = []string{
-	"jobs/+/status", "jobs/+/history", "fleet/summary",
-	"devices/+/presence", "devices/+/facts", "devices/+/reported",
-	"devices/+/events", "devices/+/scheduling",
-}
 
 type role int
 
@@ -50,7 +44,7 @@ const (
 // policy decides who connects and what they read. It is called on mochi's
 // per-connection goroutines and only reads its maps after construction.
 type policy struct {
-	base      string           // "{root}/v1"
+	topics    protocol.Topics
 	tokens    map[string]token // by id
 	anonymous bool             // admit clients without credentials, as operators
 	out       *syncWriter      // the lines the tests read
@@ -60,15 +54,6 @@ type policy struct {
 type token struct {
 	role   role
 	secret [sha256.Size]byte
-}
-
-// parseToken splits "<id>.<secret>".
-func parseToken(s string) (id, secret string, err error) {
-	id, secret, ok := strings.Cut(s, ".")
-	if !ok || len(id) != 12 || secret == "" || strings.Contains(secret, ".") {
-		return "", "", fmt.Errorf("token %q... is not <12 hex>.<secret>", s[:min(len(s), 12)])
-	}
-	return id, secret, nil
 }
 
 // authenticate admits a client, or says why not.
@@ -97,48 +82,16 @@ func (p *policy) authenticate(clientID, username string, password []byte) (role,
 	return t.role, nil
 }
 
-// allowed reports whether a client of role r and id clientID may publish to
-// (write) or subscribe to and receive (!write) topic, a topic or filter.
+// allowed applies the server's own topic rules (protocol.Topics.Allowed)
+// to a viewer; the anonymous operator of this test broker may do anything.
 func (p *policy) allowed(r role, clientID, topic string, write bool) bool {
 	switch r {
 	case operator:
 		return true
 	case viewer:
-	default:
-		return false
-	}
-	sync := p.base + "/sync/" + clientID + "/"
-	if rest, ok := strings.CutPrefix(topic, sync); ok && rest != "" && !strings.ContainsAny(rest, "/#") {
-		return !write || rest != "+"
-	}
-	if write {
-		return false
-	}
-	for _, f := range viewerFilters {
-		if covers(p.base+"/"+f, topic) {
-			return true
-		}
+		return p.topics.Allowed(protocol.Principal{Role: protocol.RoleViewer}, clientID, topic, write)
 	}
 	return false
-}
-
-// covers reports whether every topic that filter matches also matches
-// pattern, where pattern's only wildcard is '+'.
-func covers(pattern, filter string) bool {
-	pl, fl := strings.Split(pattern, "/"), strings.Split(filter, "/")
-	if len(pl) != len(fl) {
-		return false
-	}
-	for i := range pl {
-		switch {
-		case fl[i] == "#":
-			return false
-		case pl[i] == "+":
-		case pl[i] != fl[i]:
-			return false
-		}
-	}
-	return true
 }
 
 // hook plugs the policy into mochi.
@@ -217,14 +170,18 @@ func run() error {
 	flag.Parse()
 
 	out := &syncWriter{w: os.Stdout}
-	p := &policy{base: *root + "/v1", tokens: map[string]token{}, anonymous: *anonymous, out: out}
+	topics, err := protocol.NewTopics(*root)
+	if err != nil {
+		return err
+	}
+	p := &policy{topics: topics, tokens: map[string]token{}, anonymous: *anonymous, out: out}
 	for r, list := range map[role][]string{viewer: viewers, operator: operators} {
 		for _, s := range list {
-			id, secret, err := parseToken(s)
+			t, err := protocol.ParseToken(s)
 			if err != nil {
 				return err
 			}
-			p.tokens[id] = token{role: r, secret: sha256.Sum256([]byte(secret))}
+			p.tokens[t.ID] = token{role: r, secret: sha256.Sum256([]byte(t.Secret))}
 		}
 	}
 

@@ -4,13 +4,15 @@ import (
 	"crypto/sha256"
 	"io"
 	"testing"
+
+	"github.com/tether-edge/tether/protocol"
 )
 
 // The fixture's rules are what the page is tested against: they must be
 // the contract, no looser.
 func TestPolicy(t *testing.T) {
 	t.Parallel()
-	p := &policy{base: "acme/v1", out: &syncWriter{w: io.Discard}, tokens: map[string]token{
+	p := &policy{topics: protocol.Topics{Root: "acme"}, out: &syncWriter{w: io.Discard}, tokens: map[string]token{
 		"0a1b2c3d4e5f": {role: viewer, secret: sha256.Sum256([]byte("s3cr-t_"))},
 		"ffffffffffff": {role: operator, secret: sha256.Sum256([]byte("op"))},
 	}}
