@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -28,6 +29,12 @@ type Peer struct {
 	// Origin is the HTTP Origin header of a WebSocket connection; "" for TCP
 	// and for WebSocket clients that are not browsers.
 	Origin string
+	// TLS reports an encrypted connection (Config.TLS).
+	TLS bool
+	// CertCommonName is the CommonName of the client certificate that
+	// verified against the broker's client CAs, "" without one (or without
+	// TLS). Only a verified chain counts, never a merely presented one.
+	CertCommonName string
 }
 
 // Authenticator decides who may connect and what they may do. It is the
@@ -188,8 +195,13 @@ func peerOf(cl *mqtt.Client) Peer {
 		Remote:   cl.Net.Remote,
 		Listener: cl.Net.Listener,
 	}
-	if ws, ok := cl.Net.Conn.(*wsConn); ok {
-		p.Origin = ws.origin
+	switch c := cl.Net.Conn.(type) {
+	case *wsConn:
+		p.Origin, p.TLS, p.CertCommonName = c.origin, c.tls, c.certCN
+	case *tls.Conn:
+		// mochi read CONNECT through it, so the handshake is complete.
+		cs := c.ConnectionState()
+		p.TLS, p.CertCommonName = true, verifiedCommonName(&cs)
 	}
 	return p
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/rs/zerolog"
@@ -21,6 +23,11 @@ type Config struct {
 	DataDir  string // broker.db (bbolt) lives here; "" = in-memory only (no persistence)
 	MQTTAddr string // TCP listener, e.g. "127.0.0.1:1883" or "127.0.0.1:0"
 	WSAddr   string // WebSocket listener for dashboards; "" = none
+	// TLS, when set, secures both listeners: MQTT over TLS on MQTTAddr and
+	// wss:// on WSAddr. nil = plaintext. With ClientCAs and a ClientAuth that
+	// verifies, a client's verified certificate shows in
+	// Peer.CertCommonName (see internal/pki.ServerConfig).
+	TLS *tls.Config
 
 	// AllowAnonymousLoopback lets clients without credentials in when their
 	// remote address is loopback (dev mode). A WebSocket client that sends an
@@ -36,11 +43,14 @@ type Config struct {
 	// Authenticator replaces the policy built from the three fields above,
 	// which must then be left empty. nil uses that policy.
 	Authenticator Authenticator
+	// PublishLimit, when set, bounds every client's publish rate.
+	PublishLimit *PublishLimit
 
 	Log zerolog.Logger
 }
 
-// Listener ids, also reported to Authenticator as Peer.Listener.
+// Listener ids, also reported to Authenticator as Peer.Listener; the same
+// with TLS (Peer.TLS tells).
 const (
 	ListenerTCP = "tcp"
 	ListenerWS  = "ws"
@@ -101,6 +111,9 @@ func (cfg Config) validate() (Authenticator, error) {
 		if pw == "" {
 			errs = append(errs, fmt.Errorf("Users: user %q has an empty password", u))
 		}
+	}
+	if t := cfg.TLS; t != nil && len(t.Certificates) == 0 && t.GetCertificate == nil && t.GetConfigForClient == nil {
+		errs = append(errs, errors.New("TLS has no server certificate"))
 	}
 	custom := cfg.Authenticator != nil
 	builtin := cfg.AllowAnonymous || cfg.AllowAnonymousLoopback || len(cfg.Users) > 0
@@ -187,16 +200,21 @@ func (b *Broker) setup(auth Authenticator) error {
 	if err := b.srv.AddHook(&authHook{auth: auth, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
+	if l := b.cfg.PublishLimit; l != nil {
+		if err := b.srv.AddHook(&publishLimitHook{limit: *l, log: b.log, clients: map[string]*pubBucket{}}, nil); err != nil {
+			return fmt.Errorf("add publish limit hook: %w", err)
+		}
+	}
 
 	b.tcp = connectDeadline{
-		Listener: listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: ListenerTCP, Address: b.cfg.MQTTAddr}),
+		Listener: listeners.NewTCP(listeners.Config{Type: listeners.TypeTCP, ID: ListenerTCP, Address: b.cfg.MQTTAddr, TLSConfig: b.cfg.TLS}),
 		timeout:  connectTimeout,
 	}
 	if err := b.srv.AddListener(b.tcp); err != nil {
 		return fmt.Errorf("mqtt listener %s: %w", b.cfg.MQTTAddr, err)
 	}
 	if b.cfg.WSAddr != "" {
-		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr), timeout: connectTimeout}
+		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr, b.cfg.TLS), timeout: connectTimeout}
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return fmt.Errorf("websocket listener %s: %w", b.cfg.WSAddr, err)
 		}
@@ -225,10 +243,25 @@ func (b *Broker) Start() error {
 		b.log.Warn().Msg("anonymous clients are allowed from any address")
 	}
 	b.log.Info().
-		Str("mqtt_addr", b.MQTTAddr()).Str("ws_addr", b.WSAddr()).
+		Str("mqtt_addr", b.MQTTAddr()).Str("ws_addr", b.WSAddr()).Bool("tls", b.cfg.TLS != nil).
 		Str("data_dir", b.cfg.DataDir).Bool("persistent", b.store != nil).
 		Msg("broker started")
 	return nil
+}
+
+// Disconnect closes the connection of every client for which match returns
+// true, at once, and returns how many it closed. Their sessions stay; what
+// they may do next is the Authenticator's call when they reconnect.
+func (b *Broker) Disconnect(match func(Peer) bool) int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline || cl.Closed() || !match(peerOf(cl)) {
+			continue
+		}
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		n++
+	}
+	return n
 }
 
 // MQTTAddr is the address the TCP listener is bound to, with the real port

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -43,7 +44,8 @@ func (l connectDeadline) Serve(establish listeners.EstablishFn) {
 // only in Serve, so Address() after "127.0.0.1:0" is still ":0" and callers
 // could not learn the port; and it hands mochi a connection type from which
 // the Origin header cannot be read back for authentication. This one binds
-// in Init and keeps the Origin on the connection (see isLocal).
+// in Init and keeps the Origin on the connection (see isLocal), and, over
+// TLS (wss://), the verified client certificate, which mochi's cannot report.
 //
 // Like mochi's: any path, subprotocol "mqtt", binary frames only, and every
 // Origin is accepted at the HTTP level (credentials travel in CONNECT, not
@@ -55,16 +57,18 @@ type wsListener struct {
 	srv      *http.Server
 	log      *slog.Logger
 	upgrader websocket.Upgrader
+	tls      *tls.Config // nil = plaintext ws://
 
 	mu        sync.Mutex
 	establish listeners.EstablishFn
 	closed    bool
 }
 
-func newWSListener(id, address string) *wsListener {
+func newWSListener(id, address string, tlsConfig *tls.Config) *wsListener {
 	l := &wsListener{
 		id:      id,
 		address: address,
+		tls:     tlsConfig,
 		upgrader: websocket.Upgrader{
 			Subprotocols: []string{"mqtt"},
 			CheckOrigin:  func(*http.Request) bool { return true },
@@ -77,8 +81,14 @@ func newWSListener(id, address string) *wsListener {
 	return l
 }
 
-func (l *wsListener) ID() string       { return l.id }
-func (l *wsListener) Protocol() string { return "ws" }
+func (l *wsListener) ID() string { return l.id }
+
+func (l *wsListener) Protocol() string {
+	if l.tls != nil {
+		return "wss"
+	}
+	return "ws"
+}
 
 func (l *wsListener) Address() string {
 	if l.ln != nil {
@@ -93,6 +103,14 @@ func (l *wsListener) Init(log *slog.Logger) error {
 	ln, err := net.Listen("tcp", l.address)
 	if err != nil {
 		return err
+	}
+	if l.tls != nil {
+		// Only HTTP/1.1: WebSocket over HTTP/2 is not something
+		// gorilla/websocket serves. The server handshakes each connection
+		// under ReadHeaderTimeout.
+		cfg := l.tls.Clone()
+		cfg.NextProtos = []string{"http/1.1"}
+		ln = tls.NewListener(ln, cfg)
 	}
 	l.ln = ln
 	return nil
@@ -129,6 +147,10 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	defer c.Close()
 
 	conn := &wsConn{Conn: c.UnderlyingConn(), ws: c, origin: r.Header.Get("Origin")}
+	if r.TLS != nil {
+		conn.tls = true
+		conn.certCN = verifiedCommonName(r.TLS)
+	}
 	if err := establish(l.id, conn); err != nil {
 		l.log.Warn("", "error", err, "listener", l.id, "remote", conn.RemoteAddr().String())
 	}
@@ -161,6 +183,8 @@ type wsConn struct {
 	net.Conn // the underlying TCP connection: addresses and deadlines
 	ws       *websocket.Conn
 	origin   string
+	tls      bool      // wss://
+	certCN   string    // see verifiedCommonName
 	r        io.Reader // the frame being read, nil between frames
 }
 
@@ -200,3 +224,13 @@ func (c *wsConn) Write(p []byte) (int, error) {
 }
 
 func (c *wsConn) Close() error { return c.ws.Close() }
+
+// verifiedCommonName is the CommonName of the client certificate that
+// verified against Config.TLS's ClientCAs, or "" when the client sent none
+// or the server did not verify it (a ClientAuth that only requests one).
+func verifiedCommonName(cs *tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return cs.VerifiedChains[0][0].Subject.CommonName
+}

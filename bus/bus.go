@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/rs/zerolog"
 )
 
@@ -38,8 +40,14 @@ type Will struct {
 
 // Config of a client.
 type Config struct {
-	// Brokers are tried in order: mqtt://host:port, tcp://, ssl://, ws://.
-	Brokers  []string
+	// Brokers are tried in order: mqtt://host:port, tcp://, ssl:// (or
+	// mqtts://, tls://), ws://, wss://.
+	Brokers []string
+	// TLS is used for the ssl:// and wss:// brokers (see
+	// internal/pki.ClientConfig); nil verifies them against the system's
+	// roots. Setting it when no broker uses TLS is an error: the caller
+	// asked for TLS and would not get it.
+	TLS      *tls.Config
 	ClientID string // "" picks a random one
 	Username string
 	Password string
@@ -61,6 +69,10 @@ type Config struct {
 	OnConnectionLost func(error)
 	Log              zerolog.Logger
 }
+
+// ErrNotAuthorized is returned by Dial when the broker refused the
+// credentials.
+var ErrNotAuthorized = errors.New("the broker refused the credentials")
 
 // ErrTimeout is returned when the broker did not answer in time.
 var ErrTimeout = errors.New("mqtt: timed out waiting for the broker")
@@ -132,14 +144,25 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	cl := &Client{cfg: cfg, log: cfg.Log, queue: newQueue(), done: make(chan struct{})}
 	opts := paho.NewClientOptions()
+	secure := false
 	for _, b := range cfg.Brokers {
 		u, err := NormalizeURL(b)
 		if err != nil {
 			return nil, err
 		}
+		secure = secure || strings.HasPrefix(u, "ssl://") || strings.HasPrefix(u, "wss://")
 		opts.AddBroker(u)
 	}
+	if cfg.TLS != nil {
+		if !secure {
+			return nil, fmt.Errorf("mqtt: TLS settings given, but no broker URL uses TLS (mqtts://, ssl:// or wss://): %s", strings.Join(cfg.Brokers, ", "))
+		}
+		opts.SetTLSConfig(cfg.TLS)
+	}
 	opts.SetClientID(cfg.ClientID)
+	// MQTT 3.1.1 explicitly: otherwise paho retries a refused CONNECT as
+	// MQTT 3.1, and the broker's answer to that hides why it refused.
+	opts.SetProtocolVersion(4)
 	opts.SetUsername(cfg.Username)
 	opts.SetPassword(cfg.Password)
 	opts.SetCleanSession(cfg.CleanSession)
@@ -164,6 +187,31 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	}
 	connected := make(chan struct{})
 	var connectedOnce sync.Once
+	// With ConnectRetry paho hides why an attempt failed; keep the last
+	// reason so that Dial can say "not authorized" rather than time out.
+	refused := make(chan struct{})
+	var refusedOnce sync.Once
+	var lastErr struct {
+		sync.Mutex
+		err error
+	}
+	opts.SetConnectionNotificationHandler(func(_ paho.Client, n paho.ConnectionNotification) {
+		var err error
+		switch n := n.(type) {
+		case paho.ConnectionNotificationBrokerFailed:
+			err = n.Reason
+		case paho.ConnectionNotificationFailed:
+			err = n.Reason
+		default:
+			return
+		}
+		lastErr.Lock()
+		lastErr.err = err
+		lastErr.Unlock()
+		if errors.Is(err, packets.ErrorRefusedNotAuthorised) || errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) {
+			refusedOnce.Do(func() { close(refused) })
+		}
+	})
 	opts.SetOnConnectHandler(func(paho.Client) {
 		// Runs on a paho goroutine: only enqueue.
 		cl.queue.push(func() {
@@ -188,8 +236,24 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 	select {
 	case <-connected:
 		return cl, nil
+	case <-refused:
+		// Credentials do not get better by retrying: say so now.
+		cl.Close()
+		lastErr.Lock()
+		why := lastErr.err
+		lastErr.Unlock()
+		return nil, fmt.Errorf("connect to %s: %w: %w", strings.Join(cfg.Brokers, ", "), ErrNotAuthorized, why)
 	case <-ctx.Done():
 		cl.Close()
+		lastErr.Lock()
+		why := lastErr.err
+		lastErr.Unlock()
+		if why != nil {
+			if errors.Is(why, packets.ErrorRefusedNotAuthorised) || errors.Is(why, packets.ErrorRefusedBadUsernameOrPassword) {
+				return nil, fmt.Errorf("connect to %s: %w: %w", strings.Join(cfg.Brokers, ", "), ErrNotAuthorized, why)
+			}
+			return nil, fmt.Errorf("connect to %s: %w (last attempt: %w)", strings.Join(cfg.Brokers, ", "), ctx.Err(), why)
+		}
 		return nil, fmt.Errorf("connect to %s: %w", strings.Join(cfg.Brokers, ", "), ctx.Err())
 	}
 }

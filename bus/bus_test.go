@@ -3,12 +3,14 @@ package bus
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/broker"
+	"github.com/tether-edge/tether/internal/pki"
 )
 
 func startBroker(t *testing.T) string {
@@ -103,5 +105,66 @@ func TestNormalizeURL(t *testing.T) {
 		if _, err := NormalizeURL(in); err == nil {
 			t.Errorf("NormalizeURL(%q) accepted", in)
 		}
+	}
+}
+
+// TestDialTLS connects over mqtts:// to a broker whose certificate only the
+// given CA vouches for, and checks that TLS is really in use: without that
+// CA the connection fails, and TLS settings for a plaintext URL are refused.
+func TestDialTLS(t *testing.T) {
+	files, err := pki.Init(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverTLS, err := pki.ServerConfig(files.ServerCert, files.ServerKey, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := broker.New(broker.Config{MQTTAddr: "127.0.0.1:0", TLS: serverTLS, AllowAnonymousLoopback: true, Log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	clientTLS, err := pki.ClientConfig(files.CACert, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := zerolog.New(zerolog.NewTestWriter(t))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, Config{Brokers: []string{"mqtts://" + b.MQTTAddr()}, TLS: clientTLS, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	got := make(chan Message, 1)
+	if err := c.Subscribe(ctx, "t/tls", 1, func(m Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, "t/tls", []byte("secret"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if string(m.Payload) != "secret" {
+			t.Fatalf("got %q", m.Payload)
+		}
+	case <-ctx.Done():
+		t.Fatal("message never arrived")
+	}
+
+	short, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if c, err := Dial(short, Config{Brokers: []string{"mqtts://" + b.MQTTAddr()}, Log: log}); err == nil {
+		c.Close()
+		t.Error("connected over TLS without trusting the broker's CA")
+	}
+	_, err = Dial(ctx, Config{Brokers: []string{"mqtt://" + b.MQTTAddr()}, TLS: clientTLS, Log: log})
+	if err == nil || !strings.Contains(err.Error(), "no broker URL uses TLS") {
+		t.Errorf("TLS settings with a plaintext URL: %v, want a refusal", err)
 	}
 }

@@ -38,6 +38,10 @@ type Config struct {
 	// Resync is how often the planner recomputes and retries unacknowledged
 	// publishes without being asked; default 30s.
 	Resync time.Duration
+	// Sign, when set, signs every desired document just before it is
+	// published (the stored copy stays unsigned, so a key rotation needs no
+	// rewrite). It is called on Run's goroutine.
+	Sign func(protocol.Desired) (protocol.Desired, error)
 }
 
 // Planner turns job documents into placements. Create it with New and run
@@ -584,7 +588,14 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, record
 		if doc == nil {
 			continue
 		}
-		payload, err := protocol.Encode(doc)
+		out := *doc
+		if p.cfg.Sign != nil {
+			if out, err = p.cfg.Sign(out); err != nil {
+				errs = append(errs, fmt.Errorf("sign desired for %s: %w", id, err))
+				continue
+			}
+		}
+		payload, err := protocol.Encode(out)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -1,8 +1,12 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,12 +16,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/broker"
 	"github.com/tether-edge/tether/bus"
 	"github.com/tether-edge/tether/dashboard"
+	"github.com/tether-edge/tether/identity"
 	"github.com/tether-edge/tether/planner"
 	"github.com/tether-edge/tether/protocol"
 	"github.com/tether-edge/tether/store"
@@ -33,19 +39,42 @@ type Config struct {
 	Dev bool
 	// InsecureAllowAnonymous lets anyone in without credentials.
 	InsecureAllowAnonymous bool
-	Topics                 protocol.Topics
-	Log                    zerolog.Logger
+	// TLS, when set, secures the MQTT and WebSocket listeners.
+	TLS    *tls.Config
+	Topics protocol.Topics
+	Log    zerolog.Logger
 }
+
+// Files a server writes into its data dir for the people and devices that
+// use it.
+const (
+	// PlannerKeyFile holds the planner's public keys, one base64 line each,
+	// the current one last: what edged pins (--planner-key-file).
+	PlannerKeyFile = "planner-key.pub"
+	// OperatorTokenFile holds the bootstrap operator token a secure server
+	// creates on its first start, readable by its owner only.
+	OperatorTokenFile = "operator.token"
+)
+
+// secure reports whether the server authenticates every client by
+// identity (the default of tether server).
+func (c Config) secure() bool { return !c.Dev && !c.InsecureAllowAnonymous }
 
 // Endpoints are the addresses a started server listens on.
 type Endpoints struct {
 	MQTT string `json:"mqtt"` // host:port
 	WS   string `json:"ws,omitempty"`
 	HTTP string `json:"http,omitempty"`
+	TLS  bool   `json:"tls,omitempty"`
 }
 
 // MQTTURL is the broker URL clients should use.
-func (e Endpoints) MQTTURL() string { return "mqtt://" + e.MQTT }
+func (e Endpoints) MQTTURL() string {
+	if e.TLS {
+		return "mqtts://" + e.MQTT
+	}
+	return "mqtt://" + e.MQTT
+}
 
 // Server is a started server.
 type Server struct {
@@ -57,6 +86,8 @@ type Server struct {
 	http      *http.Server
 	httpLn    net.Listener
 	endpoints Endpoints
+	registry  *identity.Registry
+	auth      *identity.Authenticator // nil unless secure
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the planner stops
 	err       error         // why it stopped; read after done is closed
@@ -90,27 +121,66 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	password := hex.EncodeToString(secret)
-	b, err := broker.New(broker.Config{
-		DataDir:                filepath.Join(cfg.DataDir, "broker"),
-		MQTTAddr:               cfg.MQTTAddr,
-		WSAddr:                 cfg.WSAddr,
-		AllowAnonymousLoopback: cfg.Dev,
-		AllowAnonymous:         cfg.InsecureAllowAnonymous,
-		Users:                  map[string]string{plannerUser: password},
-		Log:                    cfg.Log.With().Str("part", "broker").Logger(),
-	})
+	if s.registry, err = identity.Open(st, nil); err != nil {
+		return nil, err
+	}
+	if err := s.registry.EnsureSigningKey(); err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	if err := s.writePlannerKeys(); err != nil {
+		return nil, err
+	}
+	bcfg := broker.Config{
+		DataDir:  filepath.Join(cfg.DataDir, "broker"),
+		MQTTAddr: cfg.MQTTAddr,
+		WSAddr:   cfg.WSAddr,
+		TLS:      cfg.TLS,
+		Log:      cfg.Log.With().Str("part", "broker").Logger(),
+		PublishLimit: &broker.PublishLimit{
+			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
+			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
+		},
+	}
+	if cfg.secure() {
+		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, plannerUser, password, cfg.Log.With().Str("part", "acl").Logger())
+		bcfg.Authenticator = s.auth
+		if err := s.bootstrapOperator(); err != nil {
+			return nil, err
+		}
+	} else {
+		bcfg.AllowAnonymousLoopback = cfg.Dev
+		bcfg.AllowAnonymous = cfg.InsecureAllowAnonymous
+		bcfg.Users = map[string]string{plannerUser: password}
+	}
+	b, err := broker.New(bcfg)
 	if err != nil {
 		return nil, err
 	}
 	s.broker = b
+	s.registry.OnRevoke = func(p protocol.Principal) {
+		n := b.Disconnect(func(peer broker.Peer) bool {
+			switch p.Role {
+			case protocol.RoleDevice:
+				return peer.Username == p.Name || peer.CertCommonName == p.Name || peer.ClientID == p.Name
+			default:
+				return peer.Username == protocol.TokenUsername(p.Name)
+			}
+		})
+		s.log.Info().Str("role", string(p.Role)).Str("principal", p.Name).Int("disconnected", n).Msg("revoked")
+	}
 	if err := b.Start(); err != nil {
 		return nil, err
 	}
-	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr()}
+	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil}
+	plannerURL, plannerTLS := "tcp://"+b.MQTTAddr(), (*tls.Config)(nil)
+	if cfg.TLS != nil {
+		plannerURL, plannerTLS = "ssl://"+b.MQTTAddr(), pinnedTLS(cfg.TLS)
+	}
 
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	client, err := bus.Dial(dctx, bus.Config{
-		Brokers:      []string{"tcp://" + b.MQTTAddr()},
+		Brokers:      []string{plannerURL},
+		TLS:          plannerTLS,
 		ClientID:     bus.RandomID("tether-planner-"),
 		Username:     plannerUser,
 		Password:     password,
@@ -147,9 +217,15 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		Store:  st,
 		Topics: cfg.Topics,
 		Log:    cfg.Log.With().Str("part", "planner").Logger(),
+		Sign:   s.registry.Sign,
 	})
 	pctx, pcancel := context.WithCancel(context.Background())
 	s.cancel = pcancel
+	adm := &admin{reg: s.registry, bus: client, topics: cfg.Topics, keysChanged: s.writePlannerKeys,
+		log: cfg.Log.With().Str("part", "admin").Logger()}
+	if err := adm.start(pctx); err != nil {
+		return nil, fmt.Errorf("admin topics: %w", err)
+	}
 	go func() {
 		s.err = p.Run(pctx)
 		if s.err != nil {
@@ -160,6 +236,69 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ok = true
 	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
 	return s, nil
+}
+
+// pinnedTLS is the planner's client side of the broker's own TLS: it
+// trusts exactly the broker's certificate, whatever CA issued it.
+func pinnedTLS(server *tls.Config) *tls.Config {
+	var leaf []byte
+	if len(server.Certificates) > 0 && len(server.Certificates[0].Certificate) > 0 {
+		leaf = server.Certificates[0].Certificate[0]
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || leaf == nil || !bytes.Equal(raw[0], leaf) {
+				return errors.New("the broker's certificate is not the one this server loaded")
+			}
+			return nil
+		},
+	}
+}
+
+// PlannerKeys returns the planner's public keys, the current one last.
+func (s *Server) PlannerKeys() []ed25519.PublicKey { return s.registry.PublicKeys() }
+
+// writePlannerKeys writes PlannerKeyFile.
+func (s *Server) writePlannerKeys() error {
+	var b strings.Builder
+	b.WriteString("# Tether planner public keys (ed25519, base64), the current one last.\n")
+	for _, k := range s.registry.PublicKeys() {
+		b.WriteString(protocol.EncodeKey(k) + "\n")
+	}
+	return writeFileAtomic(filepath.Join(s.cfg.DataDir, PlannerKeyFile), []byte(b.String()), 0o644)
+}
+
+// bootstrapOperator makes the first operator token of a secure server, so
+// that somebody can manage it, and writes it to OperatorTokenFile. Once an
+// operator token exists nothing is created; revoking every operator token
+// makes the next start create a new one.
+func (s *Server) bootstrapOperator() error {
+	if s.registry.HasOperator() {
+		return nil
+	}
+	tok, _, err := s.registry.CreateToken(protocol.RoleOperator, "bootstrap", 0)
+	if err != nil {
+		return fmt.Errorf("bootstrap operator token: %w", err)
+	}
+	path := filepath.Join(s.cfg.DataDir, OperatorTokenFile)
+	if err := writeFileAtomic(path, []byte(tok.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("bootstrap operator token: %w", err)
+	}
+	s.log.Info().Str("file", path).Str("token_id", tok.ID).Msg("created the bootstrap operator token")
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, perm); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // Endpoints returns where the server listens.

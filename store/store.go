@@ -44,6 +44,9 @@ func Open(path string) (*Store, error) {
 				return err
 			}
 		}
+		if err := ensureIdentityBuckets(tx); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(keySchema); v != nil {
 			n, err := strconv.Atoi(string(v))

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,16 +13,28 @@ import (
 
 // dial connects a short-lived operator client.
 func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
+	user, pass, prefix, _, err := g.credentials()
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := g.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := bus.Dial(dctx, bus.Config{
+		TLS:          tlsCfg,
 		Brokers:      []string{g.broker},
-		ClientID:     bus.RandomID("tether-cli-"),
-		Username:     g.username,
-		Password:     g.password,
+		ClientID:     bus.RandomID(prefix),
+		Username:     user,
+		Password:     pass,
 		CleanSession: true,
 		Log:          zerolog.Nop(),
 	})
+	if errors.Is(err, bus.ErrNotAuthorized) {
+		return nil, fmt.Errorf("the broker at %s refused this client: a tether server needs a token (--token, --token-file or TETHER_TOKEN): %w", g.broker, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the broker at %s (set --broker or TETHER_BROKER; is `tether dev` or `tether server` running?): %w", g.broker, err)
 	}

@@ -5,14 +5,17 @@ import (
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/tether-edge/tether/internal/cli"
 	"github.com/tether-edge/tether/protocol"
 )
 
 func newDeviceCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "device", Short: "Inspect devices, drain them, set their eligibility"}
-	cmd.AddCommand(newDeviceListCmd(g), newDeviceDrainCmd(g), newDeviceEligibilityCmd(g))
+	cmd := &cobra.Command{Use: "device", Short: "Inspect devices, drain them, set their eligibility, manage their identities"}
+	cmd.AddCommand(newDeviceListCmd(g), newDeviceDrainCmd(g), newDeviceEligibilityCmd(g),
+		newDeviceAddCmd(g), newDeviceRevokeCmd(g), newDeviceIdentitiesCmd(g))
 	return cmd
 }
 
@@ -128,4 +131,78 @@ func newDeviceListCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
 	return cmd
+}
+
+func newDeviceAddCmd(g *globals) *cobra.Command {
+	var labels []string
+	cmd := &cobra.Command{
+		Use:   "add ID",
+		Short: "Give a device an identity; its secret is shown once",
+		Long: `Give a device an identity and print its secret, which is stored only as a
+hash. Start the device's edged with --username ID --password SECRET (or put
+them in its config file). Devices with a client certificate whose common name
+is their id need no secret; fleets can let devices enroll themselves instead
+(tether enroll token create).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := protocol.ValidateID(args[0]); err != nil {
+				return fmt.Errorf("device id: %w", err)
+			}
+			lbls, err := cli.ParseLabels(labels)
+			if err != nil {
+				return err
+			}
+			res, err := g.adminCall(cmd.Context(), protocol.AdminRequest{Op: protocol.OpDeviceAdd, ID: args[0], Labels: lbls})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.Secret)
+			fmt.Fprintf(cmd.ErrOrStderr(), "Device %s added; its secret is shown only now: edged run --device-id %s --username %s --password <secret> ...\n", args[0], args[0], args[0])
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&labels, "label", nil, "label KEY=VALUE recorded with the identity (repeatable)")
+	return cmd
+}
+
+func newDeviceRevokeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke ID",
+		Short: "Cut a device off at once: its connection is closed and it cannot connect or enroll again",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := protocol.ValidateID(args[0]); err != nil {
+				return fmt.Errorf("device id: %w", err)
+			}
+			if _, err := g.adminCall(cmd.Context(), protocol.AdminRequest{Op: protocol.OpDeviceRevoke, ID: args[0]}); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "Device %s revoked.\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newDeviceIdentitiesCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "identities",
+		Short: "List device identities (added or enrolled; never their secrets)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := g.adminCall(cmd.Context(), protocol.AdminRequest{Op: protocol.OpDeviceList})
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', 0)
+			fmt.Fprintln(w, "DEVICE\tCREATED\tENROLLED BY\tLABELS\tSTATE")
+			for _, d := range res.Identities {
+				state := "active"
+				if d.Revoked {
+					state = "revoked"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.Device, d.CreatedAt.Local().Format(time.DateTime), orDash(d.EnrolledBy), orDash(formatLabels(d.Labels)), state)
+			}
+			return w.Flush()
+		},
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/tether-edge/tether/edged"
 	"github.com/tether-edge/tether/internal/cli"
+	"github.com/tether-edge/tether/internal/pki"
 	"github.com/tether-edge/tether/internal/version"
 	"github.com/tether-edge/tether/protocol"
 	"github.com/tether-edge/tether/server"
@@ -31,7 +33,9 @@ func (f *serveFlags) register(cmd *cobra.Command, dataDirHelp string) {
 
 func newServerCmd(g *globals) *cobra.Command {
 	var f serveFlags
-	var insecure bool
+	var insecure, plaintext bool
+	var tlsCert, tlsKey, tlsClientCA string
+	var tlsHosts []string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the planner and the embedded broker",
@@ -47,16 +51,31 @@ func newServerCmd(g *globals) *cobra.Command {
 			if insecure {
 				log.Warn().Msg("--insecure-allow-anonymous: any client that reaches the broker can run workloads on every device")
 			}
+			tlsCfg, caFile, err := serverTLS(f.dataDir, plaintext, tlsCert, tlsKey, tlsClientCA, tlsHosts)
+			if err != nil {
+				return err
+			}
+			if plaintext {
+				log.Warn().Msg("--insecure-plaintext: credentials and desired state cross the network unencrypted")
+			}
 			srv, err := server.Start(cmd.Context(), server.Config{
 				DataDir: f.dataDir, MQTTAddr: f.mqttAddr, WSAddr: f.wsAddr, HTTPAddr: f.httpAddr,
-				InsecureAllowAnonymous: insecure, Topics: topics, Log: log,
+				InsecureAllowAnonymous: insecure, TLS: tlsCfg, Topics: topics, Log: log,
 			})
 			if err != nil {
 				return err
 			}
 			printEndpoints(cmd, srv.Endpoints(), f.dataDir)
+			out := cmd.OutOrStdout()
+			if caFile != "" {
+				fmt.Fprintf(out, "TLS CA:        %s (clients: --ca-file; device certificates: tether tls device ID --dir %s)\n", caFile, filepath.Dir(caFile))
+			}
+			fmt.Fprintf(out, "Planner key:   %s (pin it on devices: edged --planner-key-file)\n", filepath.Join(f.dataDir, server.PlannerKeyFile))
 			if !insecure {
-				fmt.Fprintln(cmd.OutOrStdout(), "Note:          the dashboard connects without credentials, which this server refuses until viewer identities exist; use --insecure-allow-anonymous on a trusted network, or tether dev")
+				if tf := filepath.Join(f.dataDir, server.OperatorTokenFile); fileExists(tf) {
+					fmt.Fprintf(out, "Operator:      tether --token-file %s ... (the bootstrap operator token)\n", tf)
+				}
+				fmt.Fprintln(out, "Access:        every client needs an identity: tether acl token create, tether device add, tether enroll token create")
 			}
 			select {
 			case <-cmd.Context().Done():
@@ -67,7 +86,12 @@ func newServerCmd(g *globals) *cobra.Command {
 		},
 	}
 	f.register(cmd, "where the planner and broker keep their data (required)")
-	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let clients without credentials connect from anywhere (until identities exist, needed for remote devices)")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "server certificate (PEM) for the MQTT and WebSocket listeners (default: one from a CA made in DATA-DIR/tls)")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "key of --tls-cert (PEM)")
+	cmd.Flags().StringVar(&tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates authenticate devices by their common name (default with the made CA: that CA)")
+	cmd.Flags().StringArrayVar(&tlsHosts, "tls-host", nil, "extra name or IP the made server certificate is valid for (repeatable)")
+	cmd.Flags().BoolVar(&plaintext, "insecure-plaintext", false, "serve MQTT and WebSocket without TLS (trusted networks and tests only)")
+	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let any client connect without credentials and use any topic (trusted networks and tests only)")
 	return cmd
 }
 
@@ -75,7 +99,11 @@ func printEndpoints(cmd *cobra.Command, ep server.Endpoints, dataDir string) {
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "MQTT broker:   %s\n", ep.MQTTURL())
 	if ep.WS != "" {
-		fmt.Fprintf(out, "WebSocket:     ws://%s\n", ep.WS)
+		scheme := "ws"
+		if ep.TLS {
+			scheme = "wss"
+		}
+		fmt.Fprintf(out, "WebSocket:     %s://%s\n", scheme, ep.WS)
 	}
 	if ep.HTTP != "" {
 		fmt.Fprintf(out, "Dashboard:     http://%s/\n", ep.HTTP)
@@ -171,4 +199,39 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 	cmd.Flags().StringVar(&podmanSocket, "podman-socket", "", "Podman API socket for the local edged (default: CONTAINER_HOST, else start one)")
 	cmd.Flags().BoolVar(&noEdged, "no-edged", false, "do not run a local edged")
 	return cmd
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// serverTLS returns the listeners' TLS config: from the given files, or from
+// a CA and server certificate made (once) in dataDir/tls; caFile is that CA
+// when one was made.
+func serverTLS(dataDir string, plaintext bool, cert, key, clientCA string, hosts []string) (*tls.Config, string, error) {
+	given := cert != "" || key != "" || clientCA != "" || len(hosts) > 0
+	switch {
+	case plaintext && given:
+		return nil, "", errors.New("--insecure-plaintext: leave out --tls-cert, --tls-key, --tls-client-ca and --tls-host")
+	case plaintext:
+		return nil, "", nil
+	case (cert == "") != (key == ""):
+		return nil, "", errors.New("--tls-cert and --tls-key go together")
+	case cert != "":
+		cfg, err := pki.ServerConfig(cert, key, clientCA)
+		return cfg, "", err
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	files, err := pki.Init(filepath.Join(dataDir, "tls"), hosts)
+	if err != nil {
+		return nil, "", err
+	}
+	if clientCA == "" {
+		clientCA = files.CACert
+	}
+	cfg, err := pki.ServerConfig(files.ServerCert, files.ServerKey, clientCA)
+	return cfg, files.CACert, err
 }
