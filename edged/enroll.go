@@ -22,7 +22,8 @@ import (
 // answer comes. An answer that accepts is stored in one transaction: the
 // credentials (username the device id, password the secret), the token's
 // labels and the planner's keys. A refusal ends edged with the planner's
-// reason: a used-up or expired token does not get better by asking again.
+// reason, and so does the broker refusing the token at CONNECT: a used-up
+// or expired token does not get better by asking again.
 // Once enrolled, edged never enrolls again.
 
 // errNoPlannerKey: edged would refuse every desired document.
@@ -169,6 +170,11 @@ func (a *Agent) enroll(ctx context.Context, tok protocol.Token) (*identity, erro
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
+				}
+				if errors.Is(err, bus.ErrNotAuthorized) {
+					// The broker does not say why; the server refuses a
+					// token at CONNECT for all of these.
+					return nil, fmt.Errorf("enrollment: the broker refused enroll token %s (unknown, expired, used up or revoked, or device id %s is already enrolled): %w", tok.ID, dev, err)
 				}
 				log.Warn().Err(err).Int("attempt", attempt).Dur("retry_in", wait).
 					Msg("enrollment: no broker connection (unreachable, or it refused the token); retrying")

@@ -113,6 +113,29 @@ func TestEnrollRefused(t *testing.T) {
 	}
 }
 
+// TestEnrollTokenRefusedByBroker: a token the broker does not admit (the
+// server refuses expired, used-up and revoked tokens, and device ids
+// already enrolled, at CONNECT) ends edged at once, without retrying.
+func TestEnrollTokenRefusedByBroker(t *testing.T) {
+	t.Parallel()
+	r := newFleetRig(t)
+	cfg, _ := r.deviceConfig("n4", t.TempDir())
+	cfg.EnrollToken = "0000000000bb.c2VjcmV0" // never added to the broker
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = a.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "the broker refused enroll token 0000000000bb") || ctx.Err() != nil {
+		t.Fatalf("Run = %v, want the broker's refusal before the deadline", err)
+	}
+	if n := len(r.enrollRequests()); n != 0 {
+		t.Errorf("%d enrollment requests got through", n)
+	}
+}
+
 // TestEnrollAsksAgain: while the planner does not answer, edged asks again,
 // with the same secret each time (an answer lost on the way must not leave
 // the planner with a secret the device forgot); configured planner keys
