@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ type Config struct {
 	Brokers  []string
 	Username string
 	Password string
+	// TLS, for mqtts:// and wss:// brokers: the CA to check them against
+	// and, to authenticate with a certificate, the device's own.
+	TLS *tls.Config
 	// DataDir holds edged.db and driver state.
 	DataDir string
 	Labels  map[string]string
@@ -343,6 +347,7 @@ func (a *Agent) connect(ctx context.Context) {
 	will, _ := protocol.Encode(protocol.Presence{Device: a.cfg.DeviceID, Status: protocol.Offline, Version: a.cfg.Version})
 	var client *bus.Client
 	cfg := bus.Config{
+		TLS:            a.cfg.TLS,
 		Brokers:        a.cfg.Brokers,
 		ClientID:       a.cfg.DeviceID,
 		Username:       a.username,

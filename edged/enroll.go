@@ -210,6 +210,7 @@ func (a *Agent) dialEnroll(ctx context.Context, tok protocol.Token, timeout time
 	dctx, cancel := context.WithTimeout(ctx, max(timeout, 10*time.Second))
 	defer cancel()
 	c, err := bus.Dial(dctx, bus.Config{
+		TLS:            a.cfg.TLS,
 		Brokers:        a.cfg.Brokers,
 		ClientID:       a.cfg.DeviceID,
 		Username:       protocol.TokenUsername(tok.ID),

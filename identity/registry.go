@@ -241,11 +241,18 @@ func (r *Registry) Enroll(tokenID, device, secret string) (map[string]string, er
 	if !ok || t.Role != protocol.RoleEnroll {
 		return nil, fmt.Errorf("enrollment token %s: %w", tokenID, ErrNotFound)
 	}
+	if d, ok := r.creds[store.KindDevice+"/"+device]; ok {
+		// The same device asking again, because it lost the answer, gets
+		// the same answer; anybody else is refused.
+		if d.EnrolledBy == tokenID && d.RevokedAt == nil && r.usable(t) != ErrRevoked && r.usable(t) != ErrExpired {
+			if good, err := verifySecret(d.Hash, secret); err == nil && good {
+				return maps.Clone(t.Labels), nil
+			}
+		}
+		return nil, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
+	}
 	if err := r.usable(t); err != nil {
 		return nil, fmt.Errorf("enrollment token %s: %w", tokenID, err)
-	}
-	if _, ok := r.creds[store.KindDevice+"/"+device]; ok {
-		return nil, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
 	}
 	t.UsesLeft--
 	d := store.Credential{Kind: store.KindDevice, ID: device, Role: protocol.RoleDevice, Hash: hash,
@@ -336,13 +343,13 @@ func (r *Registry) Authenticate(username string, password []byte, certCN, client
 		}
 		p = protocol.Principal{Role: protocol.RoleDevice, Name: certCN}
 	case strings.HasPrefix(username, protocol.TokenUserPrefix):
-		c, err := r.verify(store.KindToken+"/"+strings.TrimPrefix(username, protocol.TokenUserPrefix), password)
+		c, err := r.verify(store.KindToken+"/"+strings.TrimPrefix(username, protocol.TokenUserPrefix), password, true)
 		if err != nil {
 			return p, err
 		}
 		p = protocol.Principal{Role: c.Role, Name: c.ID}
 	case username != "":
-		c, err := r.verify(store.KindDevice+"/"+username, password)
+		c, err := r.verify(store.KindDevice+"/"+username, password, false)
 		if err != nil {
 			return p, err
 		}
@@ -355,10 +362,17 @@ func (r *Registry) Authenticate(username string, password []byte, certCN, client
 	}
 	if p.Role == protocol.RoleEnroll {
 		r.mu.RLock()
-		_, taken := r.creds[store.KindDevice+"/"+clientID]
+		d, taken := r.creds[store.KindDevice+"/"+clientID]
+		t := r.creds[store.KindToken+"/"+p.Name]
 		r.mu.RUnlock()
-		if taken {
+		switch {
+		case taken && (d.EnrolledBy != p.Name || d.RevokedAt != nil):
 			return p, fmt.Errorf("device %s: %w", clientID, ErrAlreadyEnrolled)
+		case taken:
+			// Enrolled by this very token: the device lost the answer and
+			// asks again with the same secret (Enroll checks it).
+		case t.UsesLeft < 1:
+			return p, fmt.Errorf("enrollment token %s: %w", p.Name, ErrUsedUp)
 		}
 	}
 	return p, nil
@@ -367,7 +381,9 @@ func (r *Registry) Authenticate(username string, password []byte, certCN, client
 // verify checks a secret against a credential's hash, once per credential
 // and secret while the server runs: later connections with the same secret
 // compare a keyed digest instead of paying for argon2 again.
-func (r *Registry) verify(key string, password []byte) (store.Credential, error) {
+// An enrollment token that is used up still verifies when usedUpOK: the
+// caller decides whether what it asks for needs a use.
+func (r *Registry) verify(key string, password []byte, usedUpOK bool) (store.Credential, error) {
 	r.mu.RLock()
 	c, ok := r.creds[key]
 	cached, hit := r.verified[key]
@@ -375,7 +391,7 @@ func (r *Registry) verify(key string, password []byte) (store.Credential, error)
 	if !ok || c.Hash == "" {
 		return c, ErrBadCredentials
 	}
-	if err := r.usable(c); err != nil {
+	if err := r.usable(c); err != nil && !(usedUpOK && errors.Is(err, ErrUsedUp)) {
 		return c, fmt.Errorf("%s: %w", key, err)
 	}
 	m := hmac.New(sha256.New, r.mac)

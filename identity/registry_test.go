@@ -138,8 +138,16 @@ func TestDevicesAndEnrollment(t *testing.T) {
 	if err != nil || labels["site"] != "berlin" {
 		t.Fatalf("enroll: %v %v", labels, err)
 	}
-	if _, err := r.Enroll(tok.ID, "new-1", devSecret); !errors.Is(err, ErrAlreadyEnrolled) {
-		t.Errorf("enrolled twice: %v", err)
+	// The device lost the answer and asks again with the same secret: the
+	// same answer, no use spent. Anyone else asking for new-1 is refused.
+	if _, err := r.Authenticate(euser, []byte(tok.Secret), "", "new-1"); err != nil {
+		t.Errorf("enrollment login of the device that just enrolled: %v", err)
+	}
+	if labels, err := r.Enroll(tok.ID, "new-1", devSecret); err != nil || labels["site"] != "berlin" {
+		t.Errorf("asking again with the same secret: %v %v", labels, err)
+	}
+	if _, err := r.Enroll(tok.ID, "new-1", "BBECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"); !errors.Is(err, ErrAlreadyEnrolled) {
+		t.Errorf("enrolled twice with another secret: %v", err)
 	}
 	if _, err := r.Authenticate("new-1", []byte(devSecret), "", "new-1"); err != nil {
 		t.Errorf("enrolled device login: %v", err)
@@ -158,6 +166,12 @@ func TestDevicesAndEnrollment(t *testing.T) {
 	}
 	if _, err := r.Enroll(tok.ID, "new-3", devSecret); !errors.Is(err, ErrUsedUp) {
 		t.Errorf("third enrollment with two uses: %v", err)
+	}
+	if _, err := r.Authenticate(euser, []byte(tok.Secret), "", "new-3"); !errors.Is(err, ErrUsedUp) {
+		t.Errorf("enrollment login for a new device with a used-up token: %v", err)
+	}
+	if _, err := r.Authenticate(euser, []byte(tok.Secret), "", "new-2"); err != nil {
+		t.Errorf("a device enrolled with the last use asking again: %v", err)
 	}
 	// Certificates: any id the CA vouches for, unless revoked.
 	if p, err := r.Authenticate("", nil, "cam-9", "cam-9"); err != nil || p.Name != "cam-9" {

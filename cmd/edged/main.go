@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/tether-edge/tether/edged"
 	"github.com/tether-edge/tether/internal/cli"
+	"github.com/tether-edge/tether/internal/pki"
 	"github.com/tether-edge/tether/internal/version"
 	"github.com/tether-edge/tether/protocol"
 	"sigs.k8s.io/yaml"
@@ -43,6 +45,11 @@ type fileConfig struct {
 	// on its first start.
 	EnrollToken     string `json:"enroll_token"`
 	EnrollTokenFile string `json:"enroll_token_file"`
+	// CAFile checks a mqtts:// or wss:// broker; CertFile and KeyFile
+	// authenticate the device with a certificate whose common name is its id.
+	CAFile   string `json:"ca_file"`
+	CertFile string `json:"cert_file"`
+	KeyFile  string `json:"key_file"`
 }
 
 func newRoot() *cobra.Command {
@@ -165,13 +172,19 @@ the data dir and applied at start, with or without a broker.`,
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
+			var tlsCfg *tls.Config
+			if fc.CAFile != "" || fc.CertFile != "" || fc.KeyFile != "" {
+				if tlsCfg, err = pki.ClientConfig(fc.CAFile, fc.CertFile, fc.KeyFile); err != nil {
+					return fmt.Errorf("--ca-file/--cert-file/--key-file: %w", err)
+				}
+			}
 			log, err := cli.NewLogger(os.Stderr, fc.LogLevel, logFormat)
 			if err != nil {
 				return err
 			}
 			return edged.RunDaemon(cmd.Context(), edged.DaemonConfig{
 				Config: edged.Config{
-					DeviceID: fc.DeviceID, Brokers: fc.Brokers, Username: fc.Username, Password: fc.Password,
+					DeviceID: fc.DeviceID, Brokers: fc.Brokers, Username: fc.Username, Password: fc.Password, TLS: tlsCfg,
 					DataDir: fc.DataDir, Labels: fc.Labels, Topics: topics, Version: version.String(),
 					CPUMHz: fc.CPUMHz, MemoryMB: fc.MemoryMB, Resync: 10 * time.Second, Log: log,
 					KeepAlive: keepAlive, ClockOffset: clockSkew,
@@ -205,6 +218,9 @@ the data dir and applied at start, with or without a broker.`,
 	f.IntVar(&fc.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: what the system reports)")
 	f.StringArrayVar(&fc.PlannerKeys, "planner-key", envKeys(os.Getenv("TETHER_PLANNER_KEY")),
 		"the planner's public key, standard base64; only desired state it signed is applied (repeatable; env TETHER_PLANNER_KEY)")
+	f.StringVar(&fc.CAFile, "ca-file", os.Getenv("TETHER_CA_FILE"), "CA (PEM) to check a mqtts:// or wss:// broker against (env TETHER_CA_FILE; default: the system's roots)")
+	f.StringVar(&fc.CertFile, "cert-file", "", "client certificate (PEM) whose common name is the device id, to authenticate without a password")
+	f.StringVar(&fc.KeyFile, "key-file", "", "key of --cert-file (PEM)")
 	f.StringVar(&fc.PlannerKeyFile, "planner-key-file", "", "file with the planner's public keys, one standard-base64 key per line, '#' comments (the server writes planner-key.pub in its data dir)")
 	f.StringVar(&fc.EnrollToken, "enroll-token", os.Getenv("TETHER_ENROLL_TOKEN"), "fleet enrollment token <id>.<secret>: used once, on the first start, to obtain this device's credentials (env TETHER_ENROLL_TOKEN)")
 	f.StringVar(&fc.EnrollTokenFile, "enroll-token-file", "", "file holding the fleet enrollment token (instead of --enroll-token)")
@@ -241,6 +257,15 @@ func merge(dst *fileConfig, file fileConfig, cmd *cobra.Command) {
 	}
 	if !set("cpu-mhz") && file.CPUMHz > 0 {
 		dst.CPUMHz = file.CPUMHz
+	}
+	if !set("ca-file") && file.CAFile != "" {
+		dst.CAFile = file.CAFile
+	}
+	if !set("cert-file") && file.CertFile != "" {
+		dst.CertFile = file.CertFile
+	}
+	if !set("key-file") && file.KeyFile != "" {
+		dst.KeyFile = file.KeyFile
 	}
 	if !set("memory-mb") && file.MemoryMB > 0 {
 		dst.MemoryMB = file.MemoryMB

@@ -161,7 +161,7 @@ machine. Data goes to a new temporary directory unless --data-dir is given.`,
 					done <- edged.RunDaemon(cmd.Context(), edged.DaemonConfig{
 						Config: edged.Config{
 							DeviceID: deviceID, Brokers: []string{ep.MQTTURL()}, DataDir: filepath.Join(f.dataDir, "edged"),
-							Labels: lbls, Topics: topics, Version: version.String(), Resync: 5 * time.Second,
+							Labels: lbls, Topics: topics, Version: version.String(), Resync: 5 * time.Second, PlannerKeys: srv.PlannerKeys(),
 							Log: log.With().Str("part", "edged").Logger(),
 						},
 						PodmanSocket: podmanSocket,
