@@ -175,6 +175,13 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) (ok
 				Msg("connection refused")
 			return
 		}
+		// mochi publishes a last will without asking the ACL: a will is a
+		// publish the client makes now, so it is checked now.
+		if pk.Connect.WillFlag && !h.auth.Authorize(p, pk.Connect.WillTopic, true) {
+			h.log.Warn().Str("client", p.ClientID).Str("username", p.Username).Str("remote", p.Remote).
+				Str("will_topic", pk.Connect.WillTopic).Msg("connection refused: last will on a topic the client may not publish to")
+			return
+		}
 		h.log.Debug().
 			Str("client", p.ClientID).Str("username", p.Username).
 			Str("remote", p.Remote).Str("listener", p.Listener).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -45,6 +46,9 @@ type Config struct {
 	Authenticator Authenticator
 	// PublishLimit, when set, bounds every client's publish rate.
 	PublishLimit *PublishLimit
+	// Retainable, when set, says which retained publishes keep their retain
+	// flag; the others are delivered but not retained.
+	Retainable func(p Peer, topic string) bool
 
 	Log zerolog.Logger
 }
@@ -200,6 +204,11 @@ func (b *Broker) setup(auth Authenticator) error {
 	if err := b.srv.AddHook(&authHook{auth: auth, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}
+	if r := b.cfg.Retainable; r != nil {
+		if err := b.srv.AddHook(&retainHook{allowed: r, log: b.log}, nil); err != nil {
+			return fmt.Errorf("add retain hook: %w", err)
+		}
+	}
 	if l := b.cfg.PublishLimit; l != nil {
 		if err := b.srv.AddHook(&publishLimitHook{limit: *l, log: b.log, clients: map[string]*pubBucket{}}, nil); err != nil {
 			return fmt.Errorf("add publish limit hook: %w", err)
@@ -258,6 +267,9 @@ func (b *Broker) Disconnect(match func(Peer) bool) int {
 		if cl.Net.Inline || cl.Closed() || !match(peerOf(cl)) {
 			continue
 		}
+		// A client cut off must not get a last word: its will was
+		// allowed when it connected, as whom it no longer is.
+		atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
 		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 		n++
 	}

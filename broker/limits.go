@@ -51,11 +51,16 @@ func (h *publishLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packet
 		return pk, nil
 	}
 	now := time.Now()
+	// One bucket per identity: a token may use many client ids.
+	key := cl.ID
+	if u := string(cl.Properties.Username); u != "" {
+		key = "user:" + u
+	}
 	h.mu.Lock()
-	b, ok := h.clients[cl.ID]
+	b, ok := h.clients[key]
 	if !ok {
 		b = &pubBucket{tokens: float64(h.limit.Burst), at: now}
-		h.clients[cl.ID] = b
+		h.clients[key] = b
 	}
 	b.tokens = min(float64(h.limit.Burst), b.tokens+now.Sub(b.at).Seconds()*h.limit.Rate)
 	b.at = now
@@ -84,11 +89,37 @@ func (h *publishLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packet
 }
 
 func (h *publishLimitHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	key := cl.ID
+	if u := string(cl.Properties.Username); u != "" {
+		key = "user:" + u
+	}
 	h.mu.Lock()
 	// Keep a flooding client's empty bucket a while, so reconnecting does
-	// not refill it.
-	if b, ok := h.clients[cl.ID]; ok && b.tokens >= 1 {
-		delete(h.clients, cl.ID)
+	// not refill it. (An identity's other connections keep theirs too.)
+	if b, ok := h.clients[key]; ok && b.tokens+time.Since(b.at).Seconds()*h.limit.Rate >= float64(h.limit.Burst) {
+		delete(h.clients, key)
 	}
 	h.mu.Unlock()
+}
+
+// retainHook drops the retain flag of publishes on topics that are not
+// meant to be retained (Config.Retainable), so that no client can fill the
+// broker's memory and storage with retained messages on topics it may
+// write, such as its sync topics or request topics.
+type retainHook struct {
+	mqtt.HookBase
+	allowed func(Peer, string) bool
+	log     zerolog.Logger
+}
+
+func (h *retainHook) ID() string { return "tether-retain-policy" }
+
+func (h *retainHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+func (h *retainHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Retain && !cl.Net.Inline && !h.allowed(peerOf(cl), pk.TopicName) {
+		h.log.Debug().Str("client", cl.ID).Str("topic", pk.TopicName).Msg("retain flag dropped")
+		pk.FixedHeader.Retain = false
+	}
+	return pk, nil
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -23,7 +24,8 @@ type Authenticator struct {
 	plannerUser string
 	plannerPass [sha256.Size]byte
 
-	limits *connectLimiter
+	limits   *connectLimiter // successful logins per identity
+	failures *connectLimiter // failed logins per remote address and identity
 }
 
 // NewAuthenticator returns the broker policy for a secure server.
@@ -31,7 +33,8 @@ func NewAuthenticator(reg *Registry, topics protocol.Topics, plannerUser, planne
 	return &Authenticator{
 		reg: reg, topics: topics, log: log,
 		plannerUser: plannerUser, plannerPass: sha256.Sum256([]byte(plannerPassword)),
-		limits: newConnectLimiter(connectBurst, connectEvery),
+		limits:   newConnectLimiter(connectBurst, connectEvery),
+		failures: newConnectLimiter(failureBurst, failureEvery),
 	}
 }
 
@@ -43,7 +46,17 @@ const (
 	connectEvery = time.Second
 )
 
-var errTooManyConnects = errors.New("too many connection attempts for this identity; slow down")
+// Failed logins from one address in one identity's name: a burst, then one
+// every interval.
+const (
+	failureBurst = 10
+	failureEvery = 2 * time.Second
+)
+
+var (
+	errTooManyConnects = errors.New("too many connection attempts for this identity; slow down")
+	errTooManyFailures = errors.New("too many failed logins for this identity from this address; slow down")
+)
 
 // Authenticate implements broker.Authenticator.
 func (a *Authenticator) Authenticate(p broker.Peer, password []byte) error {
@@ -58,11 +71,24 @@ func (a *Authenticator) Authenticate(p broker.Peer, password []byte) error {
 	if who == "" {
 		who = "cert:" + p.CertCommonName
 	}
-	if !a.limits.allow(who) {
-		return errTooManyConnects
+	// Failures count per address and identity, so that guessing from one
+	// place is slow and nobody elsewhere can lock an identity out by
+	// failing in its name; successes count per identity, so that a valid
+	// credential cannot open sessions without end.
+	host, _, err := net.SplitHostPort(p.Remote)
+	if err != nil {
+		host = p.Remote
+	}
+	failKey := host + " " + who
+	if !a.failures.has(failKey) {
+		return errTooManyFailures
 	}
 	if _, err := a.reg.Authenticate(p.Username, password, p.CertCommonName, p.ClientID); err != nil {
+		a.failures.allow(failKey)
 		return err
+	}
+	if !a.limits.allow(who) {
+		return errTooManyConnects
 	}
 	return nil
 }
@@ -109,6 +135,14 @@ type bucket struct {
 
 func newConnectLimiter(burst int, every time.Duration) *connectLimiter {
 	return &connectLimiter{burst: float64(burst), every: every, buckets: map[string]*bucket{}}
+}
+
+// has reports whether key has a token left, without taking it.
+func (l *connectLimiter) has(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b, ok := l.buckets[key]
+	return !ok || l.fill(b, time.Now()) >= 1
 }
 
 func (l *connectLimiter) allow(key string) bool {

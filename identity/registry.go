@@ -231,28 +231,42 @@ func (r *Registry) RevokeDevice(id string) error {
 // tokenID, once: a device id that has (or had) an identity is refused. It
 // returns the token's labels for the device.
 func (r *Registry) Enroll(tokenID, device, secret string) (map[string]string, error) {
+	// Check before hashing, and again after: the hash takes milliseconds,
+	// and a refused request must not cost them.
+	check := func() (store.Credential, bool, error) {
+		t, ok := r.creds[store.KindToken+"/"+tokenID]
+		if !ok || t.Role != protocol.RoleEnroll {
+			return t, false, fmt.Errorf("enrollment token %s: %w", tokenID, ErrNotFound)
+		}
+		if d, ok := r.creds[store.KindDevice+"/"+device]; ok {
+			// The same device asking again, because it lost the answer,
+			// gets the same answer; anybody else is refused.
+			if err := r.usable(t); d.EnrolledBy == tokenID && d.RevokedAt == nil && (err == nil || errors.Is(err, ErrUsedUp)) {
+				if good, err := verifySecret(d.Hash, secret); err == nil && good {
+					return t, true, nil
+				}
+			}
+			return t, false, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
+		}
+		if err := r.usable(t); err != nil {
+			return t, false, fmt.Errorf("enrollment token %s: %w", tokenID, err)
+		}
+		return t, false, nil
+	}
+	r.mu.Lock()
+	t, again, err := check()
+	r.mu.Unlock()
+	if err != nil || again {
+		return maps.Clone(t.Labels), err
+	}
 	hash, err := hashSecret(secret)
 	if err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t, ok := r.creds[store.KindToken+"/"+tokenID]
-	if !ok || t.Role != protocol.RoleEnroll {
-		return nil, fmt.Errorf("enrollment token %s: %w", tokenID, ErrNotFound)
-	}
-	if d, ok := r.creds[store.KindDevice+"/"+device]; ok {
-		// The same device asking again, because it lost the answer, gets
-		// the same answer; anybody else is refused.
-		if d.EnrolledBy == tokenID && d.RevokedAt == nil && r.usable(t) != ErrRevoked && r.usable(t) != ErrExpired {
-			if good, err := verifySecret(d.Hash, secret); err == nil && good {
-				return maps.Clone(t.Labels), nil
-			}
-		}
-		return nil, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
-	}
-	if err := r.usable(t); err != nil {
-		return nil, fmt.Errorf("enrollment token %s: %w", tokenID, err)
+	if t, again, err = check(); err != nil || again {
+		return maps.Clone(t.Labels), err
 	}
 	t.UsesLeft--
 	d := store.Credential{Kind: store.KindDevice, ID: device, Role: protocol.RoleDevice, Hash: hash,
@@ -340,6 +354,19 @@ func (r *Registry) Authenticate(username string, password []byte, certCN, client
 		r.mu.RUnlock()
 		if ok && c.RevokedAt != nil {
 			return p, fmt.Errorf("device %s: %w", certCN, ErrRevoked)
+		}
+		if !ok && clientID == certCN {
+			// Record the id on its first login, so that it is taken: no
+			// enrollment token can claim it afterwards.
+			r.mu.Lock()
+			if _, ok := r.creds[store.KindDevice+"/"+certCN]; !ok {
+				err := r.put(store.Credential{Kind: store.KindDevice, ID: certCN, Role: protocol.RoleDevice, Name: "certificate", CreatedAt: r.now().UTC()})
+				if err != nil {
+					r.mu.Unlock()
+					return p, err
+				}
+			}
+			r.mu.Unlock()
 		}
 		p = protocol.Principal{Role: protocol.RoleDevice, Name: certCN}
 	case strings.HasPrefix(username, protocol.TokenUserPrefix):

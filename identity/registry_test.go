@@ -180,6 +180,10 @@ func TestDevicesAndEnrollment(t *testing.T) {
 	if _, err := r.Authenticate("", nil, "pi-1", "pi-1"); !errors.Is(err, ErrRevoked) {
 		t.Errorf("certificate of a revoked device: %v", err)
 	}
+	// A certificate device's id is taken once it has logged in.
+	if _, err := r.Authenticate(euser, []byte(tok.Secret), "", "cam-9"); !errors.Is(err, ErrAlreadyEnrolled) {
+		t.Errorf("enrollment login as a certificate device: %v", err)
+	}
 
 	// Everything survives a restart.
 	st.Close()
@@ -193,8 +197,8 @@ func TestDevicesAndEnrollment(t *testing.T) {
 	if _, err := r2.Authenticate("pi-1", []byte(secret), "", "pi-1"); !errors.Is(err, ErrRevoked) {
 		t.Errorf("revocation lost on restart: %v", err)
 	}
-	if got := len(r2.Devices()); got != 3 {
-		t.Errorf("%d identities after restart, want 3", got)
+	if got := len(r2.Devices()); got != 4 {
+		t.Errorf("%d identities after restart, want 4 (pi-1, new-1, new-2, cam-9)", got)
 	}
 }
 

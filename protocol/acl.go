@@ -225,3 +225,22 @@ func filterWithin(f, p []string) bool {
 	}
 	return len(f) == len(p)
 }
+
+// Retainable reports whether messages on topic are meant to be retained.
+// Retained messages stay in the broker's memory and storage until replaced:
+// on any other topic (events, requests, sync barriers) the broker drops the
+// retain flag, so that no client can fill its storage with them.
+func (t Topics) Retainable(topic string) bool {
+	if topic == t.FleetSummary() {
+		return true
+	}
+	kind, _, err := t.Parse(topic)
+	if err != nil {
+		return false
+	}
+	switch kind {
+	case KindJob, KindJobStatus, KindHistory, KindDesired, KindReported, KindPresence, KindFacts, KindScheduling:
+		return true
+	}
+	return false
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -22,17 +23,24 @@ type admin struct {
 	log         zerolog.Logger
 	keysChanged func() error
 
-	work chan bus.Message
+	// Operators' requests and devices' enrollments queue apart, so that a
+	// flood of enrollment requests cannot starve the operators.
+	work, enrollWork chan bus.Message
 }
 
 // start subscribes and serves requests until ctx ends. Hashing a secret
 // takes milliseconds, so requests are handled off the client's dispatch
 // goroutine, one at a time.
 func (a *admin) start(ctx context.Context) error {
-	a.work = make(chan bus.Message, 256)
+	a.work, a.enrollWork = make(chan bus.Message, 256), make(chan bus.Message, 256)
+	enrollPrefix := a.topics.Base() + "/enroll/"
 	enqueue := func(m bus.Message) {
+		q := a.work
+		if strings.HasPrefix(m.Topic, enrollPrefix) {
+			q = a.enrollWork
+		}
 		select {
-		case a.work <- m:
+		case q <- m:
 		default:
 			a.log.Warn().Str("topic", m.Topic).Msg("admin queue full: request dropped")
 		}
@@ -45,16 +53,18 @@ func (a *admin) start(ctx context.Context) error {
 			return err
 		}
 	}
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case m := <-a.work:
-				a.handle(ctx, m)
+	for _, q := range []chan bus.Message{a.work, a.enrollWork} {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m := <-q:
+					a.handle(ctx, m)
+				}
 			}
-		}
-	}()
+		}()
+	}
 	return nil
 }
 

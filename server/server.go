@@ -140,6 +140,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
 			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
 		},
+		Retainable: func(p broker.Peer, topic string) bool {
+			return p.Username == plannerUser || cfg.Topics.Retainable(topic)
+		},
 	}
 	if cfg.secure() {
 		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, plannerUser, password, cfg.Log.With().Str("part", "acl").Logger())

@@ -32,8 +32,11 @@ func (g *globals) dial(ctx context.Context) (*bus.Client, error) {
 		CleanSession: true,
 		Log:          zerolog.Nop(),
 	})
-	if errors.Is(err, bus.ErrNotAuthorized) {
+	if errors.Is(err, bus.ErrNotAuthorized) && user == "" {
 		return nil, fmt.Errorf("the broker at %s refused this client: a tether server needs a token (--token, --token-file or TETHER_TOKEN): %w", g.broker, err)
+	}
+	if errors.Is(err, bus.ErrNotAuthorized) {
+		return nil, fmt.Errorf("the broker at %s refused these credentials (revoked, expired, mistyped, or from another server?): %w", g.broker, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the broker at %s (set --broker or TETHER_BROKER; is `tether dev` or `tether server` running?): %w", g.broker, err)
