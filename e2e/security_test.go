@@ -559,4 +559,3 @@ func (s *secServer) enrollToken(t *testing.T, op protocol.Token, args ...string)
 	}
 	return tok
 }
-
