@@ -25,6 +25,13 @@ type Config struct {
 	// whichever interface it was opened on. 0 means there is none; the page
 	// then says so instead of connecting.
 	WSPort int
+	// WSTLS says that the WebSocket listener speaks TLS: the page then
+	// connects with wss:// even when the page itself came over plain http
+	// (from 127.0.0.1, say). The listener's certificate must be valid for
+	// the host name the page was opened with. The page also uses wss://
+	// whenever it was itself loaded over https, as browsers refuse ws://
+	// from an https page.
+	WSTLS bool
 	// TopicRoot is the topic root, e.g. "tether"; empty means
 	// protocol.DefaultRoot.
 	TopicRoot string
@@ -34,6 +41,7 @@ type Config struct {
 type pageConfig struct {
 	WSPort    int    `json:"ws_port"`
 	TopicRoot string `json:"topic_root"`
+	WSTLS     bool   `json:"ws_tls"`
 }
 
 // asset is one embedded file, read once with its validator.
@@ -74,7 +82,7 @@ func Handler(cfg Config) http.Handler {
 	if root == "" {
 		root = protocol.DefaultRoot
 	}
-	cfgBody, _ := json.Marshal(pageConfig{WSPort: cfg.WSPort, TopicRoot: root})
+	cfgBody, _ := json.Marshal(pageConfig{WSPort: cfg.WSPort, TopicRoot: root, WSTLS: cfg.WSTLS})
 	assets := loadAssets()
 	assets["/config.json"] = newAsset(append(cfgBody, '\n'), contentTypes[".json"])
 	return &handler{assets: assets}

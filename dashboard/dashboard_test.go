@@ -71,8 +71,19 @@ func TestHandlerServesPageAndConfig(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &cfg); err != nil {
 		t.Fatalf("config.json %q: %v", body, err)
 	}
-	if cfg["ws_port"] != float64(1884) || cfg["topic_root"] != "acme/prod" || len(cfg) != 2 {
+	if cfg["ws_port"] != float64(1884) || cfg["topic_root"] != "acme/prod" || cfg["ws_tls"] != false || len(cfg) != 3 {
 		t.Errorf("config.json = %s", body)
+	}
+}
+
+func TestHandlerSaysWhenTheWebSocketListenerIsTLS(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(Handler(Config{WSPort: 8884, WSTLS: true}))
+	t.Cleanup(srv.Close)
+
+	_, body := get(t, srv, "/config.json", nil)
+	if strings.TrimSpace(body) != `{"ws_port":8884,"topic_root":"tether","ws_tls":true}` {
+		t.Errorf("config.json with WSTLS = %s", body)
 	}
 }
 
@@ -138,7 +149,7 @@ func TestHandlerDefaultsAndMethods(t *testing.T) {
 	t.Cleanup(srv.Close)
 
 	_, body := get(t, srv, "/config.json", nil)
-	if strings.TrimSpace(body) != `{"ws_port":0,"topic_root":"tether"}` {
+	if strings.TrimSpace(body) != `{"ws_port":0,"topic_root":"tether","ws_tls":false}` {
 		t.Errorf("config.json with zero Config = %s", body)
 	}
 	res, err := srv.Client().Post(srv.URL+"/", "text/plain", strings.NewReader("x"))

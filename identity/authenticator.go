@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -141,5 +140,3 @@ func (l *connectLimiter) fill(b *bucket, now time.Time) float64 {
 	b.at = now
 	return b.tokens
 }
-
-func (a *Authenticator) String() string { return fmt.Sprintf("identity authenticator (%s)", a.topics.Base()) }

@@ -1,7 +1,11 @@
 package protocol
 
 import (
+	"bytes"
+	"crypto/ed25519"
+	"strings"
 	"testing"
+	"time"
 )
 
 // Every decoder that reads from the network must never panic, and whatever
@@ -96,6 +100,53 @@ func FuzzParseTopic(f *testing.F) {
 		}
 		if rebuilt != topic {
 			t.Fatalf("Parse(%q) = %s %q, which builds %q", topic, kind, id, rebuilt)
+		}
+	})
+}
+
+func FuzzDecodeAdminRequest(f *testing.F)  { fuzzDecoder(f, DecodeAdminRequest) }
+func FuzzDecodeAdminResult(f *testing.F)   { fuzzDecoder(f, DecodeAdminResult) }
+func FuzzDecodeEnrollRequest(f *testing.F) { fuzzDecoder(f, DecodeEnrollRequest) }
+func FuzzDecodeEnrollResult(f *testing.F)  { fuzzDecoder(f, DecodeEnrollResult) }
+
+// FuzzVerifyDesired: whatever a hostile broker delivers, verification never
+// panics, and nothing but the untouched signed document verifies.
+func FuzzVerifyDesired(f *testing.F) {
+	seedAll(f)
+	trusted := []ed25519.PublicKey{goldenKey().Public().(ed25519.PublicKey)}
+	good, _ := Encode(goldenSignedDesired(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := DecodeDesired(data)
+		if err != nil {
+			return
+		}
+		if _, err := VerifyDesired(d, trusted); err != nil {
+			return
+		}
+		want, _ := DecodeDesired(good)
+		a, _ := SignedBytes(d)
+		b, _ := SignedBytes(want)
+		if !bytes.Equal(a, b) {
+			t.Fatalf("a document other than the signed one verified:\n%s", data)
+		}
+	})
+}
+
+// FuzzAllowed: the ACL never panics on hostile topics and client ids, and
+// never lets a device write outside its own topics.
+func FuzzAllowed(f *testing.F) {
+	var tp Topics
+	for _, s := range []string{tp.Desired("a"), tp.Reported("b"), "tether/v1/#", "#", "tether/v1/sync/a/x", "tether/v1/devices/a/+", "tether/v1/devices/+/presence"} {
+		f.Add(s, "a", true)
+	}
+	f.Fuzz(func(t *testing.T, topic, clientID string, write bool) {
+		dev := Principal{Role: RoleDevice, Name: "a"}
+		if !tp.Allowed(dev, clientID, topic, write) || !write {
+			return
+		}
+		own := strings.HasPrefix(topic, "tether/v1/devices/a/") || strings.HasPrefix(topic, "tether/v1/sync/"+clientID+"/")
+		if !own {
+			t.Fatalf("device a may write %q as client %q", topic, clientID)
 		}
 	})
 }

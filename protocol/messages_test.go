@@ -1,6 +1,8 @@
 package protocol
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"flag"
 	"os"
 	"path/filepath"
@@ -50,7 +52,27 @@ func goldenMessages() map[string]any {
 		"planresult": PlanResult{Job: "hello", Version: 3, Destructive: []PlannedAlloc{{ID: "hello.web.0-abc123", Group: "web", Device: "pi-07"}},
 			Deferred: []PlannedAlloc{{ID: "hello.web.1-def456", Group: "web", Device: "pi-08", Reason: "max_parallel 1"}},
 			Groups:   []GroupStatus{{Name: "web", Desired: 2, Placed: 2}}},
+		"desired-signed": goldenSignedDesired(at),
+		"adminrequest":   AdminRequest{Op: OpEnrollCreate, Name: "batch 7", Uses: 500, TTL: Duration(24 * time.Hour), Labels: map[string]string{"site": "berlin"}},
+		"adminresult": AdminResult{OK: true, Token: "0a1b2c3d4e5f.c2VjcmV0", Tokens: []TokenInfo{{ID: "0a1b2c3d4e5f", Role: RoleEnroll, Name: "batch 7",
+			CreatedAt: at, ExpiresAt: &at, UsesLeft: 500, Labels: map[string]string{"site": "berlin"}}}},
+		"enrollrequest": EnrollRequest{Device: "pi-07", Secret: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
+		"enrollresult":  EnrollResult{Device: "pi-07", OK: true, Labels: map[string]string{"site": "berlin"}, PlannerKeys: []string{EncodeKey(goldenKey().Public().(ed25519.PublicKey))}},
 	}
+}
+
+// goldenKey is a fixed signing key, so that signed golden files are stable
+// (ed25519 signatures are deterministic).
+func goldenKey() ed25519.PrivateKey { return ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize)) }
+
+func goldenSignedDesired(at time.Time) Desired {
+	next := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{1}, ed25519.SeedSize))
+	d, err := SignDesired(Desired{Device: "pi-07", Generation: 5, IssuedAt: at, Allocations: []Allocation{}},
+		next, []Endorsement{Endorse(goldenKey(), next.Public().(ed25519.PublicKey))})
+	if err != nil {
+		panic(err)
+	}
+	return d
 }
 
 func TestGolden(t *testing.T) {
@@ -67,6 +89,11 @@ func TestGolden(t *testing.T) {
 		"scheduling":        func(b []byte) (any, error) { return DecodeScheduling(b) },
 		"history":           func(b []byte) (any, error) { return DecodeJobHistory(b) },
 		"planresult":        func(b []byte) (any, error) { return DecodePlanResult(b) },
+		"desired-signed":    func(b []byte) (any, error) { return DecodeDesired(b) },
+		"adminrequest":      func(b []byte) (any, error) { return DecodeAdminRequest(b) },
+		"adminresult":       func(b []byte) (any, error) { return DecodeAdminResult(b) },
+		"enrollrequest":     func(b []byte) (any, error) { return DecodeEnrollRequest(b) },
+		"enrollresult":      func(b []byte) (any, error) { return DecodeEnrollResult(b) },
 	}
 	for name, msg := range goldenMessages() {
 		t.Run(name, func(t *testing.T) {

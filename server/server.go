@@ -207,7 +207,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			_, port, _ := net.SplitHostPort(ws)
 			wsPort, _ = strconv.Atoi(port)
 		}
-		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, TopicRoot: cfg.Topics.Root}))
+		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, WSTLS: cfg.TLS != nil, TopicRoot: cfg.Topics.Root}))
 		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = s.http.Serve(ln) }()
 	}

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { Fleet, filterDevices, countDevices, allocSummary, statusOf, rolloutMark, rolloutParts, rolloutText, FEED_CAP } from '../static/js/model.js';
+import { Fleet, filterDevices, countDevices, allocSummary, statusOf, schedulingOf, rolloutMark, rolloutParts, rolloutText, FEED_CAP } from '../static/js/model.js';
 
 const golden = (name) => readFileSync(new URL(`../../protocol/testdata/golden/${name}.json`, import.meta.url));
 const enc = (v) => new TextEncoder().encode(JSON.stringify(v));
@@ -177,4 +177,52 @@ test('rollout bar parts are disjoint and never pass the end of the bar', () => {
   }
   assert.equal(rolloutText({ total: 40, updated: 20, healthy: 14, unhealthy: 3, pending_offline: 2, canaries: 1, promoted: true }),
     '14 of 40 healthy, 20 updated, 3 unhealthy, 2 pending (offline), 1 canary, promoted');
+});
+
+test('job history and device scheduling fold in, and go with an empty payload', () => {
+  const f = new Fleet('tether');
+  assert.deepEqual(f.parseTopic('tether/v1/jobs/hello/history'), { kind: 'history', id: 'hello' });
+  assert.deepEqual(f.parseTopic('tether/v1/devices/pi-07/scheduling'), { kind: 'scheduling', id: 'pi-07' });
+
+  assert.ok(f.apply('tether/v1/jobs/hello/history', golden('history'), true));
+  assert.equal(f.history.get('hello').versions[0].version, 2);
+  assert.equal(f.jobs.size, 0, 'a history is no job status');
+  assert.ok(f.apply('tether/v1/jobs/hello/history', '', true));
+  assert.equal(f.history.size, 0);
+
+  f.apply('tether/v1/devices/pi-07/presence', golden('presence'), true);
+  const d = f.devices.get('pi-07');
+  assert.equal(schedulingOf(d), 'eligible', 'no scheduling message: eligible');
+  assert.ok(f.apply('tether/v1/devices/pi-07/scheduling', golden('scheduling'), true));
+  assert.equal(schedulingOf(d), 'draining');
+  f.apply('tether/v1/devices/pi-07/scheduling', enc({ device: 'pi-07', eligible: false }), true);
+  assert.equal(schedulingOf(d), 'ineligible');
+  f.apply('tether/v1/devices/pi-07/scheduling', '', true);
+  assert.equal(schedulingOf(d), 'eligible');
+
+  // A device known only by its scheduling is listed, and goes with it.
+  f.apply('tether/v1/devices/spare/scheduling', enc({ device: 'spare', drain: true }), true);
+  assert.equal(schedulingOf(f.devices.get('spare')), 'draining');
+  f.apply('tether/v1/devices/spare/scheduling', '', true);
+  assert.ok(!f.devices.has('spare'));
+});
+
+test('refused subscriptions are recorded per filter, and a grant clears them', () => {
+  const f = new Fleet('tether');
+  assert.equal(f.deniedKind('desired', 'pi-07'), false);
+  const v = f.v.access;
+  f.setAccess(f.desiredTopic('pi-07'), false);
+  assert.equal(f.v.access, v + 1);
+  assert.ok(f.deniedKind('desired', 'pi-07'));
+  assert.ok(!f.deniedKind('desired', 'pi-08'), 'per device');
+  f.setAccess(f.desiredTopic('pi-07'), false);
+  assert.equal(f.v.access, v + 1, 'no change, no new version');
+  f.setAccess('tether/v1/jobs/+/history', false);
+  assert.ok(f.deniedKind('history'));
+  for (const kind of ['summary', 'jobstatus', 'presence', 'facts', 'reported', 'events', 'scheduling']) {
+    assert.ok(!f.deniedKind(kind), kind);
+    assert.ok(f.filters().includes(f.filterOf(kind)), `filterOf(${kind}) is one of filters()`);
+  }
+  f.setAccess(f.desiredTopic('pi-07'), true);
+  assert.ok(!f.deniedKind('desired', 'pi-07'));
 });

@@ -1,15 +1,21 @@
-// Helpers for the browser tests: free ports, the real `tether dev` process,
-// CLI runs, headless Chromium through playwright-core, and polling with a
-// deadline. Nothing here sleeps to wait for a condition.
+// Helpers for the browser tests: free ports, the real `tether dev` and
+// `tether server` processes, the viewer-token broker fixture
+// (testkit/viewerbroker), CLI runs, headless Chromium through
+// playwright-core, and polling with a deadline. Nothing here sleeps to wait
+// for a condition.
 
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+
+/** DASHBOARD_DIR is the dashboard folder (package.json, testkit/). */
+export const DASHBOARD_DIR = dirname(dirname(fileURLToPath(import.meta.url)));
 
 /** tetherBin is the binary under test (env TETHER_BIN). */
 export function tetherBin() {
@@ -122,10 +128,53 @@ export async function startDev({ dataDir, mqtt, ws, http, extra = [], log }) {
   return p;
 }
 
-/** run runs a CLI command to completion. */
-export function run(bin, args, { timeout = 120_000, log = () => {} } = {}) {
+/** startServer starts `tether server` (no anonymous clients) and waits until it serves HTTP. */
+export async function startServer({ dataDir, mqtt, ws, http, extra = [], log }) {
+  const args = ['server', '--data-dir', dataDir, '--mqtt-addr', `127.0.0.1:${mqtt}`, '--ws-addr', `127.0.0.1:${ws}`,
+    '--http-addr', `127.0.0.1:${http}`, ...extra];
+  const p = new Proc('tether server', tetherBin(), args, { log });
+  await p.waitLine('Health:');
+  return p;
+}
+
+/**
+ * buildViewerBroker builds testkit/viewerbroker (a broker with the viewer
+ * token rules; see its doc.go) into dir and returns the binary. It needs
+ * the go command: env GO_BIN, else go on the PATH. It returns null when
+ * there is no go command, for the caller to skip.
+ */
+export async function buildViewerBroker(dir, { log = () => {} } = {}) {
+  const out = join(dir, 'viewerbroker');
+  let r;
+  try {
+    r = await run(process.env.GO_BIN || 'go', ['build', '-o', out, './testkit/viewerbroker'], { cwd: DASHBOARD_DIR, log });
+  } catch (err) {
+    if (err.code === 'ENOENT') return null;
+    throw err;
+  }
+  if (r.code !== 0) throw new Error(`go build ./testkit/viewerbroker: exit ${r.code ?? r.signal}\n${r.stdout}${r.stderr}`);
+  return out;
+}
+
+/**
+ * startViewerBroker runs the fixture built by buildViewerBroker and waits
+ * until it listens. viewers and operators are tokens "<id>.<secret>".
+ */
+export async function startViewerBroker(bin, { ws, http, viewers = [], operators = [], anonymous = false, tls = false, log }) {
+  const args = ['-ws-addr', `127.0.0.1:${ws}`, '-http-addr', `127.0.0.1:${http}`,
+    ...viewers.flatMap((t) => ['-viewer', t]), ...operators.flatMap((t) => ['-operator', t])];
+  if (anonymous) args.push('-anonymous');
+  if (tls) args.push('-tls');
+  // Proc logs its arguments nowhere; the tokens stay out of the output.
+  const p = new Proc('viewerbroker', bin, args, { log });
+  await p.waitLine('ready ');
+  return p;
+}
+
+/** run runs a CLI command to completion (in cwd, default this process's). */
+export function run(bin, args, { timeout = 120_000, log = () => {}, cwd } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d) => { stdout += d; });
@@ -145,7 +194,7 @@ export function run(bin, args, { timeout = 120_000, log = () => {} } = {}) {
  * (playwright-core never downloads a browser) and returns a page; close()
  * ends the browser and removes the profile.
  */
-export async function launchBrowser({ log = () => {} } = {}) {
+export async function launchBrowser({ log = () => {}, args = [] } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'tether-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
@@ -153,22 +202,31 @@ export async function launchBrowser({ log = () => {} } = {}) {
     viewport: { width: 1400, height: 900 },
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--enable-precise-memory-info'],
+      '--enable-precise-memory-info', ...args],
   });
   const page = context.pages()[0] || (await context.newPage());
   const errors = [];
-  page.on('pageerror', (err) => {
-    errors.push(err.message);
-    log(`[page error] ${err.message}`);
-  });
-  page.on('console', (m) => {
-    if (m.type() === 'error' || m.type() === 'warning') log(`[console ${m.type()}] ${m.text()}`);
-  });
+  const consoleLines = []; // everything the pages wrote to the console
+  const watched = new WeakSet();
+  const watch = (p) => {
+    if (watched.has(p)) return;
+    watched.add(p);
+    p.on('pageerror', (err) => {
+      errors.push(err.message);
+      log(`[page error] ${err.message}`);
+    });
+    p.on('console', (m) => {
+      consoleLines.push(m.text());
+      if (m.type() === 'error' || m.type() === 'warning') log(`[console ${m.type()}] ${m.text()}`);
+    });
+  };
+  watch(page);
+  context.on('page', watch);
   const close = async () => {
     await context.close();
     rmSync(profile, { recursive: true, force: true });
   };
-  return { context, page, errors, close };
+  return { context, page, errors, consoleLines, close };
 }
 
 /** httpStatus fetches a URL and returns its status (0 when unreachable). */

@@ -2,8 +2,8 @@
 // the rows in view exist in the DOM, and they are reused while scrolling),
 // and the details of the selected device.
 
-import { $, h, badge, timeEl, clock, mb, jobLink, plural } from './dom.js';
-import { filterDevices, statusOf, labelPairs, allocSummary } from './model.js';
+import { $, h, badge, timeEl, clock, mb, jobLink, plural, denied, DENIED } from './dom.js';
+import { filterDevices, statusOf, labelPairs, allocSummary, schedulingOf } from './model.js';
 
 /** ROW_H is the height of one row in px; style.css uses the same. */
 const ROW_H = 36;
@@ -140,7 +140,9 @@ export class DevicesView {
     }
     if (this.emptyEl) {
       this.emptyEl.hidden = n !== 0;
-      this.emptyEl.textContent = this.fleet.devices.size === 0 ? 'No devices have reported yet.' : 'No device matches the filter.';
+      const f = this.fleet;
+      this.emptyEl.textContent = f.devices.size !== 0 ? 'No device matches the filter.'
+        : f.deniedKind('presence') ? `Device presence is ${DENIED}.` : 'No devices have reported yet.';
     }
   }
 
@@ -180,7 +182,7 @@ export class DevicesView {
   #detail(now) {
     const id = this.selected;
     const d = id ? this.fleet.devices.get(id) : null;
-    const key = id + ':' + (d ? d.rev : 'none') + ':' + Math.floor(now / 10000);
+    const key = id + ':' + (d ? d.rev : 'none') + ':' + this.fleet.v.access + ':' + Math.floor(now / 10000);
     if (key === this.detailKey) return;
     this.detailKey = key;
     this.detail.hidden = !id;
@@ -189,7 +191,8 @@ export class DevicesView {
       return;
     }
     this.detail.dataset.device = id;
-    this.detail.replaceChildren(...(d ? deviceDetail(d, now) : [
+    const refused = (kind) => this.fleet.deniedKind(kind, id);
+    this.detail.replaceChildren(...(d ? deviceDetail(d, now, refused) : [
       h('h3', null, id), h('p', { class: 'muted' }, 'Nothing known about this device (yet).'),
     ]));
   }
@@ -206,9 +209,12 @@ function fillRow(row, d, selected) {
   else row.link.removeAttribute('aria-current');
   const labels = labelPairs(d).join(' ');
   const err = d.reported?.error;
+  const sched = schedulingOf(d);
+  row.el.dataset.scheduling = sched;
   row.link.replaceChildren(
     h('span', { class: 'dot s-' + st, title: st }, h('span', { class: 'visually-hidden' }, st)),
-    h('span', { class: 'cell-id' }, d.id, f?.hostname && f.hostname !== d.id ? h('span', { class: 'muted' }, ' ' + f.hostname) : null),
+    h('span', { class: 'cell-id' }, d.id, f?.hostname && f.hostname !== d.id ? h('span', { class: 'muted' }, ' ' + f.hostname) : null,
+      sched === 'eligible' ? null : [' ', h('span', { class: 'badge small sc-' + sched }, sched)]),
     h('span', { class: 'cell' }, f ? `${f.arch || '?'} / ${f.os || '?'}` : h('span', { class: 'muted' }, 'no facts')),
     h('span', { class: 'cell muted', title: labels }, labels),
     h('span', { class: 'cell' + (err ? ' err' : '') }, err ? 'error' : allocSummary(d)),
@@ -216,7 +222,12 @@ function fillRow(row, d, selected) {
   );
 }
 
-function deviceDetail(d, now) {
+/**
+ * deviceDetail draws what is known about one device. refused(kind) says
+ * whether the broker refused the subscription that brings that kind of
+ * message (a viewer token may not read desired state, for one).
+ */
+function deviceDetail(d, now, refused) {
   const st = statusOf(d);
   const p = d.presence;
   const f = d.facts;
@@ -227,11 +238,12 @@ function deviceDetail(d, now) {
       h('a', { href: '#devices', class: 'close', 'aria-label': 'Close details' }, '×')),
     h('p', { 'data-testid': 'device-presence' },
       p ? [st, ' since ', timeEl(p.since, now), p.version ? h('span', { class: 'muted' }, ' · edged ' + p.version) : null]
-        : h('span', { class: 'muted' }, 'No presence message yet.')),
+        : refused('presence') ? denied('presence', `Presence is ${DENIED}.`) : h('span', { class: 'muted' }, 'No presence message yet.')),
+    schedulingLine(d, refused),
   ];
 
   out.push(h('h4', null, 'Facts'));
-  out.push(f ? h('dl', { class: 'facts', 'data-testid': 'device-facts' },
+  out.push(!f && refused('facts') ? denied('facts', `Facts are ${DENIED}.`) : f ? h('dl', { class: 'facts', 'data-testid': 'device-facts' },
     kv('hostname', f.hostname || '—'), kv('arch', f.arch), kv('os', [f.os, f.kernel].filter(Boolean).join(' ')),
     kv('cpu', `${f.cpu_cores || 0} cores · ${f.cpu_mhz || 0} MHz`), kv('memory', mb(f.memory_mb)),
     kv('drivers', (f.drivers || []).join(', ') || 'none'),
@@ -240,7 +252,8 @@ function deviceDetail(d, now) {
 
   const obs = r ? r.observed_generation : null;
   const want = d.desired ? d.desired.generation : null;
-  let sync = 'waiting for the desired state';
+  const noDesired = refused('desired');
+  let sync = noDesired ? `desired state ${DENIED}` : 'waiting for the desired state';
   if (want != null && obs != null) sync = obs === want ? 'in sync' : obs < want ? `applying (behind by ${want - obs})` : 'ahead of desired';
   else if (want != null) sync = 'nothing reported yet';
   out.push(h('h4', null, 'Generation'));
@@ -248,6 +261,7 @@ function deviceDetail(d, now) {
     `observed ${obs ?? '—'} · desired ${want ?? '—'} · `, h('strong', null, sync),
     r ? h('span', { class: 'muted' }, ' · reported ', timeEl(r.time, now)) : null));
   if (r?.error) out.push(h('p', { class: 'err', 'data-testid': 'device-error' }, r.error));
+  if (!r && refused('reported')) out.push(denied('reported', `Reports are ${DENIED}.`));
 
   const allocs = r?.allocations || [];
   out.push(h('h4', null, `Allocations (${allocs.length})`));
@@ -262,7 +276,10 @@ function deviceDetail(d, now) {
         t.exit_code != null ? ` · exit ${t.exit_code}` : '',
         t.message ? h('span', { class: 'muted' }, ' · ' + t.message) : null)))))));
 
-  if (d.desired) {
+  if (noDesired && !d.desired) {
+    out.push(h('h4', null, 'Desired'));
+    out.push(denied('desired', `The desired state is ${DENIED}: a viewer token reads status topics, not what the planner sends to devices.`));
+  } else if (d.desired) {
     const reportedIds = new Set(allocs.map((a) => a.id));
     const desired = d.desired.allocations || [];
     out.push(h('h4', null, `Desired (${desired.length})`));
@@ -274,9 +291,23 @@ function deviceDetail(d, now) {
   }
 
   out.push(h('h4', null, 'Last events'));
-  out.push(d.events.length === 0 ? h('p', { class: 'muted' }, 'None since this page was opened.') :
+  out.push(d.events.length === 0 ? (refused('events') ? denied('events', `Events are ${DENIED}.`) : h('p', { class: 'muted' }, 'None since this page was opened.')) :
     h('ol', { class: 'feed compact' }, d.events.map((e) => eventItem(e, false))));
   return out;
+}
+
+/** SCHEDULING says what each scheduling state means for the planner. */
+const SCHEDULING = {
+  eligible: 'takes new allocations',
+  ineligible: 'takes no new allocations; those it has stay',
+  draining: 'takes no new allocations; those it has are moved to other devices',
+};
+
+function schedulingLine(d, refused) {
+  const st = schedulingOf(d);
+  if (!d.scheduling && refused('scheduling')) return denied('scheduling', `Scheduling is ${DENIED}.`);
+  return h('p', { 'data-testid': 'device-scheduling', dataset: { scheduling: st } },
+    'Scheduling: ', h('span', { class: 'badge sc-' + st }, st), h('span', { class: 'muted' }, ' · ' + SCHEDULING[st]));
 }
 
 function kv(k, v) {

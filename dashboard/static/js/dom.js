@@ -92,3 +92,16 @@ export function jobLink(id) {
 export function plural(n, word) {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
+
+/** DENIED is what the page says where the broker refused a subscription. */
+export const DENIED = 'not permitted for this token';
+
+/**
+ * denied is the note shown instead of a section whose topics the broker
+ * refused to this page's token (a viewer may read status topics only).
+ * @param {string} what the section, e.g. "desired"; also data-what
+ * @param {string} text the sentence, starting with what is not permitted
+ */
+export function denied(what, text) {
+  return h('p', { class: 'denied', 'data-testid': 'denied', dataset: { what }, title: `The broker refused this page's subscription: ${DENIED}.` }, text);
+}

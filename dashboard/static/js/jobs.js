@@ -1,9 +1,9 @@
 // Jobs: every job status the planner publishes, with its groups (and why
 // instances could not be placed), the rollout of its version, its
-// allocations with their health, and the validation errors of a rejected
-// submission.
+// allocations with their health, the validation errors of a rejected
+// submission, and the versions the planner keeps (the job history).
 
-import { $, h, badge, table, timeEl, deviceLink, plural } from './dom.js';
+import { $, h, badge, table, timeEl, deviceLink, plural, denied, DENIED } from './dom.js';
 import { rolloutParts, rolloutText } from './model.js';
 
 /** ALLOCS_SHOWN caps the allocations drawn per job (a system job has one per device). */
@@ -29,17 +29,19 @@ export class JobsView {
   render(now) {
     const f = this.fleet;
     const q = this.search.value.trim().toLowerCase();
-    const key = [f.v.jobs, q, this.focus, Math.floor(now / 10000)].join('/');
+    const key = [f.v.jobs, f.v.access, q, this.focus, Math.floor(now / 10000)].join('/');
     if (key === this.drawn) return;
     this.drawn = key;
     const all = [...f.jobs.values()].sort((a, b) => (a.job < b.job ? -1 : a.job > b.job ? 1 : 0));
     const jobs = q ? all.filter((j) => j.job.toLowerCase().includes(q)) : all;
     $('job-shown').textContent = jobs.length === all.length ? plural(all.length, 'job') : `${jobs.length} of ${plural(all.length, 'job')}`;
     if (all.length === 0) {
-      this.list.replaceChildren(h('p', { class: 'muted' }, 'No job status published yet. Submit a job with tether job run FILE.'));
+      this.list.replaceChildren(f.deniedKind('jobstatus') ? denied('jobstatus', `Job status is ${DENIED}.`)
+        : h('p', { class: 'muted' }, 'No job status published yet. Submit a job with tether job run FILE.'));
       return;
     }
-    this.list.replaceChildren(...jobs.map((j) => jobCard(j, j.job === this.focus, now)));
+    const history = (j) => f.history.get(j.job) || (f.deniedKind('history') ? 'denied' : null);
+    this.list.replaceChildren(...jobs.map((j) => jobCard(j, history(j), j.job === this.focus, now)));
     if (this.scrollPending) {
       this.scrollPending = false;
       const el = this.list.querySelector('.job-card.focus');
@@ -48,7 +50,8 @@ export class JobsView {
   }
 }
 
-function jobCard(j, focus, now) {
+/** jobCard draws a protocol.JobStatus; hist is its protocol.JobHistory, null, or "denied". */
+function jobCard(j, hist, focus, now) {
   const c = j.counts || {};
   const groups = j.groups || [];
   const allocs = j.allocations || [];
@@ -81,7 +84,27 @@ function jobCard(j, focus, now) {
           h('td', { class: 'msg' }, a.message || ''))),
       { class: 'allocs' }),
     allocs.length > ALLOCS_SHOWN ? h('p', { class: 'muted' }, `…and ${allocs.length - ALLOCS_SHOWN} more allocations.`) : null,
+    hist === 'denied' ? denied('history', `The version history is ${DENIED}.`) : hist ? historySection(hist, j.version, now) : null,
   );
+}
+
+/**
+ * historySection lists the versions of a job the planner keeps
+ * (protocol.JobHistory), newest first, folded away: when each was
+ * submitted, whether it became stable, and how its rollout ended.
+ */
+function historySection(hist, current, now) {
+  const versions = [...(hist.versions || [])].sort((a, b) => (b.version | 0) - (a.version | 0));
+  if (versions.length === 0) return null;
+  return h('details', { class: 'history', 'data-testid': 'job-history' },
+    h('summary', null, `Versions (${versions.length})`),
+    table(['version', 'submitted', 'stable', 'rollout', 'digest'], versions.map((v) =>
+      h('tr', { 'data-testid': 'job-version', dataset: { version: v.version | 0, stable: v.stable ? 'true' : 'false' } },
+        h('td', { class: 'num' }, v.version | 0, (v.version | 0) === (current | 0) ? h('span', { class: 'muted' }, ' (current)') : null),
+        h('td', null, timeEl(v.submitted_at, now)),
+        h('td', null, v.stable ? 'stable' : h('span', { class: 'muted' }, '—')),
+        h('td', null, v.rollout ? h('span', { class: 'badge small r-' + (v.rollout.state || 'none') }, v.rollout.state || '—') : h('span', { class: 'muted' }, '—')),
+        h('td', { class: 'mono muted' }, (v.digest || '').slice(0, 12))))));
 }
 
 function count(label, n, cls) {

@@ -1,10 +1,19 @@
-// Entry point: read /config.json, connect to the broker, route between the
-// views, and draw at most once per animation frame however many messages
-// arrive (10,000 devices send 30,000 retained messages on connect).
+// Entry point: read /config.json, connect to the broker, sign in when it
+// asks for a token, route between the views, and draw at most once per
+// animation frame however many messages arrive (10,000 devices send 30,000
+// retained messages on connect).
+//
+// Signing in: the page connects anonymously (tether dev lets loopback
+// pages in), or with the token kept from an earlier sign-in. When the
+// broker refuses (CONNACK not authorized / bad username or password) it
+// shows the form; a kept token that is refused is forgotten and the page
+// tries anonymously once more before asking.
 
 import { $, clock } from './dom.js';
 import { Fleet } from './model.js';
 import { Link, brokerURL, RECONNECT_MS } from './conn.js';
+import { TokenStore, parseToken, credentials } from './auth.js';
+import { Login } from './login.js';
 import { OverviewView } from './overview.js';
 import { DevicesView } from './devices.js';
 import { JobsView } from './jobs.js';
@@ -34,7 +43,7 @@ async function main() {
   };
 
   const link = cfg.ws_port ? new Link({
-    url: brokerURL(location, cfg.ws_port),
+    url: brokerURL(location, cfg.ws_port, cfg.ws_tls === true),
     base: fleet.base,
     filters: fleet.filters(),
     gaps: () => fleet.gaps(),
@@ -44,9 +53,79 @@ async function main() {
     },
     onState: (s) => {
       showLink(s);
+      signIn(s);
+      schedule();
+    },
+    onAccess: (filter, granted) => {
+      fleet.setAccess(filter, granted);
       schedule();
     },
   }) : null;
+
+  // who is what the link was last started with. token: "<id>.<secret>" or
+  // "" for anonymous; source: "anonymous", "form" (typed, not yet
+  // accepted) or "kept" (accepted, or kept from an earlier visit).
+  let who = { token: '', id: '', source: 'anonymous', remember: false };
+  let forgotten = ''; // id of a kept token the broker refused
+  const store = new TokenStore(storage('sessionStorage'), storage('localStorage'));
+  const login = new Login({
+    onSubmit: (text, remember) => {
+      let tok;
+      try {
+        tok = parseToken(text);
+      } catch (err) {
+        login.error(err.message);
+        return;
+      }
+      login.error('');
+      login.busy(`Signing in with token ${tok.id}…`);
+      connect({ token: tok.id + '.' + tok.secret, id: tok.id, source: 'form', remember });
+    },
+    onSignOut: () => {
+      store.clear();
+      link?.stop();
+      // A fresh page: nothing of what this token could read stays on screen.
+      location.reload();
+    },
+  });
+
+  function connect(next) {
+    who = next;
+    link.start(next.token ? credentials(parseToken(next.token)) : null);
+  }
+
+  /** signIn follows the link for the sign-in form and the signed-in control. */
+  function signIn(s) {
+    if (s.state === 'refused') {
+      const why = s.refusal || 'refused';
+      if (who.source === 'kept') {
+        // Revoked, or another broker on this address (tether dev after
+        // tether server): forget it, and see whether we need one at all.
+        store.clear();
+        forgotten = who.id;
+        login.signedIn('', false);
+        setTimeout(() => connect({ token: '', id: '', source: 'anonymous', remember: false }));
+      } else if (who.source === 'form') {
+        login.error(`The broker refused token ${who.id} (${why}). Check that you pasted all of it; ` +
+          'the operator who gave it to you can tell whether it is still valid.');
+      } else {
+        login.show(forgotten
+          ? `The broker no longer accepts the token ${forgotten} this browser kept (${why}). Sign in with a token.`
+          : `This broker lets dashboards in with a token only: it refused this page without one (${why}). Paste the token you were given.`);
+      }
+      return;
+    }
+    if (who.source === 'form') {
+      if (s.state === 'connected') {
+        store.save(who.token, who.remember);
+        who = { ...who, source: 'kept' };
+        login.hide();
+        login.signedIn(who.id, who.remember);
+      } else if (s.state === 'connecting' && (s.error || s.retries > 0)) {
+        login.busy(`Signing in with token ${who.id}: cannot reach the broker at ${s.url}${s.error ? ` (${s.error})` : ''}; retrying every ${RECONNECT_MS / 1000} s.`);
+      }
+    }
+  }
 
   let watched = ''; // the device whose desired state we subscribe to
   const views = {
@@ -120,7 +199,21 @@ async function main() {
     return;
   }
   window.tetherDashboard = { fleet, link }; // for debugging from the console
-  link.start();
+  const kept = store.load();
+  if (kept) {
+    who = { token: kept.token, id: kept.id, source: 'kept', remember: kept.remembered };
+    login.signedIn(kept.id, kept.remembered);
+  }
+  connect(who);
+}
+
+/** storage is window[name], or null where reading it throws (storage disabled). */
+function storage(name) {
+  try {
+    return window[name];
+  } catch {
+    return null;
+  }
 }
 
 const TEXT = {
@@ -128,6 +221,7 @@ const TEXT = {
   connected: 'connected',
   disconnected: 'disconnected — reconnecting',
   failed: 'not connected',
+  refused: 'sign-in needed',
 };
 
 /** showLink draws the connection indicator and, while the link is down, the banner. */
@@ -138,7 +232,7 @@ function showLink(s) {
   pill.querySelector('.conn-text').textContent = (TEXT[s.state] || s.state) + (s.state === 'connected' && !s.loaded ? ' · loading…' : '');
   pill.title = s.url ? `broker ${s.url}` : '';
   const banner = $('connection-banner');
-  const down = s.state === 'disconnected' || s.state === 'failed' || (s.state === 'connecting' && s.error);
+  const down = s.state === 'disconnected' || s.state === 'failed' || (s.state === 'connecting' && (s.error || s.retries > 0));
   document.body.classList.toggle('stale', s.state === 'disconnected');
   banner.hidden = !down;
   banner.dataset.state = s.state;
@@ -150,7 +244,19 @@ function showLink(s) {
   const since = new Date(s.since).toLocaleTimeString([], { hour12: false });
   banner.textContent = (s.state === 'disconnected'
     ? `Disconnected from the broker at ${s.url} since ${since} — reconnecting every ${RECONNECT_MS / 1000} s. Showing the last known state.`
-    : `Cannot reach the broker at ${s.url} — retrying every ${RECONNECT_MS / 1000} s.`) + (s.error ? ` (${s.error})` : '');
+    : `Cannot reach the broker at ${s.url} — retrying every ${RECONNECT_MS / 1000} s.`) + (s.error ? ` (${s.error})` : '') +
+    (s.state === 'connecting' && s.url.startsWith('wss:') ? ' ' + tlsHint(s.url) : '');
+}
+
+/**
+ * tlsHint: a browser gives a page no reason when a wss:// connection fails,
+ * and the usual one is a certificate it does not trust (self-signed). It
+ * asks nobody about certificates of WebSocket connections, but remembers an
+ * exception made by opening the same host and port as a page.
+ */
+function tlsHint(url) {
+  return `The broker's WebSocket listener uses TLS: if this browser does not trust its certificate, ` +
+    `open ${url.replace(/^wss:/, 'https:')}/ once to check and accept it, then come back.`;
 }
 
 main();

@@ -24,6 +24,8 @@ export class Fleet {
     this.devices = new Map();
     /** @type {Map<string, object>} job id → protocol.JobStatus */
     this.jobs = new Map();
+    /** @type {Map<string, object>} job id → protocol.JobHistory */
+    this.history = new Map();
     /** @type {object|null} protocol.FleetSummary, when the planner publishes one */
     this.summary = null;
     /** @type {FeedItem[]} newest first */
@@ -36,19 +38,56 @@ export class Fleet {
     this.malformed = 0;
     this.lastMalformed = '';
     this.lastMessageAt = 0;
+    /** Filters and topics the broker refused to let this page subscribe to. */
+    this.denied = new Set();
     // Bumped on every change of their part. membership: devices added or
-    // removed; devices: anything about any device.
-    this.v = { devices: 0, membership: 0, jobs: 0, summary: 0, feed: 0 };
+    // removed; devices: anything about any device; access: denied.
+    this.v = { devices: 0, membership: 0, jobs: 0, summary: 0, feed: 0, access: 0 };
   }
 
-  /** Topic filters a dashboard subscribes to (desired only per device: see desiredTopic). */
+  /**
+   * filters are the wildcard filters a dashboard subscribes to: exactly the
+   * status topics a viewer token may read, nothing broader, so that a viewer
+   * sees all it is allowed to and an operator the same (the desired state
+   * of a device, which viewers may not read, only per device: see
+   * desiredTopic). The last ones matter least and come last: the page
+   * subscribes in this order.
+   */
   filters() {
     const b = this.base;
     return [b + 'fleet/summary', b + 'jobs/+/status', b + 'devices/+/presence', b + 'devices/+/facts',
-      b + 'devices/+/reported', b + 'devices/+/events'];
+      b + 'devices/+/reported', b + 'devices/+/events', b + 'devices/+/scheduling', b + 'jobs/+/history'];
   }
 
   desiredTopic(device) { return this.base + 'devices/' + device + '/desired'; }
+
+  /** filterOf is the filter of filters() (or desiredTopic) that delivers messages of a kind ("desired" needs the device). */
+  filterOf(kind, device = '') {
+    const b = this.base;
+    switch (kind) {
+      case 'summary': return b + 'fleet/summary';
+      case 'jobstatus': return b + 'jobs/+/status';
+      case 'history': return b + 'jobs/+/history';
+      case 'desired': return this.desiredTopic(device);
+      default: return b + 'devices/+/' + kind;
+    }
+  }
+
+  /**
+   * setAccess records the broker's answer to a subscription of filter: a
+   * refused one is shown as "not permitted" rather than waited for.
+   */
+  setAccess(filter, granted) {
+    if (granted === !this.denied.has(filter)) return;
+    if (granted) this.denied.delete(filter);
+    else this.denied.add(filter);
+    this.v.access++;
+  }
+
+  /** deniedKind reports whether the broker refused the filter of a kind (see filterOf). */
+  deniedKind(kind, device = '') {
+    return this.denied.size > 0 && this.denied.has(this.filterOf(kind, device));
+  }
 
   /**
    * parseTopic splits a topic under this root into its kind and identifier.
@@ -59,6 +98,7 @@ export class Fleet {
     const p = topic.slice(this.base.length).split('/');
     if (p.length === 2 && p[0] === 'fleet' && p[1] === 'summary') return { kind: 'summary', id: '' };
     if (p.length === 3 && p[0] === 'jobs' && p[2] === 'status' && p[1]) return { kind: 'jobstatus', id: p[1] };
+    if (p.length === 3 && p[0] === 'jobs' && p[2] === 'history' && p[1]) return { kind: 'history', id: p[1] };
     if (p.length === 3 && p[0] === 'devices' && p[1] && DEVICE_KINDS.has(p[2])) return { kind: p[2], id: p[1] };
     return null;
   }
@@ -98,6 +138,11 @@ export class Fleet {
       case 'jobstatus':
         if (msg) this.jobs.set(t.id, msg);
         else this.jobs.delete(t.id);
+        this.v.jobs++;
+        return true;
+      case 'history':
+        if (msg) this.history.set(t.id, msg);
+        else this.history.delete(t.id);
         this.v.jobs++;
         return true;
       case 'events':
@@ -140,7 +185,7 @@ export class Fleet {
         time: msg.since || new Date(now).toISOString(), message: msg.version ? 'edged ' + msg.version : '',
       });
     }
-    if (!d.presence && !d.facts && !d.reported && !d.desired && d.events.length === 0) {
+    if (!d.presence && !d.facts && !d.reported && !d.desired && !d.scheduling && d.events.length === 0) {
       this.devices.delete(id);
       this.erroring.delete(id);
       this.failing.delete(id);
@@ -269,23 +314,36 @@ export class Fleet {
   }
 }
 
-const DEVICE_KINDS = new Set(['presence', 'facts', 'reported', 'events', 'desired']);
+const DEVICE_KINDS = new Set(['presence', 'facts', 'reported', 'events', 'desired', 'scheduling']);
 
 /**
  * @typedef {{id: string, presence: object|null, facts: object|null, reported: object|null,
- *   desired: object|null, events: object[], rev: number, search: string}} Device
+ *   desired: object|null, scheduling: object|null, events: object[], rev: number, search: string}} Device
  * @typedef {{key: string, device: string, type: string, time: string, presence?: boolean,
  *   job?: string, task?: string, alloc?: string, exit_code?: number, message?: string}} FeedItem
  */
 
 function newDevice(id) {
-  return { id, presence: null, facts: null, reported: null, desired: null, events: [], rev: 0, search: id.toLowerCase() };
+  return { id, presence: null, facts: null, reported: null, desired: null, scheduling: null, events: [], rev: 0, search: id.toLowerCase() };
 }
 
 /** statusOf is a device's presence status, or "unknown" before any presence message. */
 export function statusOf(d) {
   const s = d.presence?.status;
   return s === 'online' || s === 'offline' ? s : 'unknown';
+}
+
+/**
+ * schedulingOf says whether the planner places new allocations on a device,
+ * from the operator's protocol.Scheduling: "draining" (its allocations are
+ * moved away), "ineligible" (they stay, nothing new comes), else
+ * "eligible" (also when no scheduling message exists).
+ */
+export function schedulingOf(d) {
+  const s = d.scheduling;
+  if (s?.drain) return 'draining';
+  if (s && s.eligible === false) return 'ineligible';
+  return 'eligible';
 }
 
 /** labelPairs lists a device's labels as "key=value", sorted. */

@@ -1,7 +1,7 @@
 // Overview: device counts by presence, architecture and label; every job
 // with its state and counts; what failed recently.
 
-import { $, h, badge, table, timeEl, clock, deviceLink, jobLink } from './dom.js';
+import { $, h, badge, table, timeEl, clock, deviceLink, jobLink, denied, DENIED } from './dom.js';
 import { rolloutMark } from './model.js';
 
 export class OverviewView {
@@ -14,7 +14,7 @@ export class OverviewView {
     const f = this.fleet;
     // Redraw only when something it shows changed (or once per tick, for
     // the relative times).
-    const key = [f.v.devices, f.v.membership, f.v.jobs, f.v.summary, f.v.feed, Math.floor(now / 10000)].join('/');
+    const key = [f.v.devices, f.v.membership, f.v.jobs, f.v.summary, f.v.feed, f.v.access, Math.floor(now / 10000)].join('/');
     if (key === this.drawn) return;
     this.drawn = key;
 
@@ -30,7 +30,8 @@ export class OverviewView {
     src.dataset.source = c.source;
     src.replaceChildren(...(c.source === 'summary'
       ? ['Device counts from the planner\u2019s fleet summary, updated ', timeEl(c.updatedAt, now), '.']
-      : [`No fleet summary from the planner yet: counted in this browser from ${f.devices.size} devices\u2019 topics.`]));
+      : [f.deniedKind('summary') ? `The planner\u2019s fleet summary is ${DENIED}` : 'No fleet summary from the planner yet',
+        `: counted in this browser from ${f.devices.size} devices\u2019 topics.`]));
 
     $('by-arch').replaceChildren(countTable('architecture', c.by_arch, c.total));
     const labels = Object.keys(c.by_label).sort();
@@ -39,7 +40,8 @@ export class OverviewView {
       : table(['label', 'value', 'devices'], labels.flatMap((k) => labelRows(k, c.by_label[k]))));
 
     $('overview-jobs').replaceChildren(jobs.length === 0
-      ? h('p', { class: 'muted' }, 'No jobs. Submit one with tether job run FILE.')
+      ? (f.deniedKind('jobstatus') && !f.summary ? denied('jobstatus', `Job status is ${DENIED}.`)
+        : h('p', { class: 'muted' }, 'No jobs. Submit one with tether job run FILE.'))
       : table(['job', 'type', 'version', 'state', 'running', 'pending', 'complete', 'failed', 'placed / desired'],
         jobs.map((j) => {
           const k = j.counts || {};
