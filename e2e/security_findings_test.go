@@ -158,4 +158,70 @@ func TestSecurityFindings(t *testing.T) {
 		}
 		c.barrier(t)
 	})
+
+	// Every principal may publish to its own sync topics
+	// {base}/sync/{client id}/{anything} (bus.Client.Barrier), and the
+	// broker keeps a retained copy of each, in memory and in its database,
+	// until someone clears it: the weakest identities there are, a fleet
+	// enrollment token from firmware or a viewer token from a dashboard,
+	// store up to 1 MiB under as many topics as they like, 200 a second.
+	t.Run("retained_sync_topics", func(t *testing.T) {
+		t.Parallel()
+		op := s.newToken(t, "operator")
+		v := s.newToken(t, "viewer")
+		enroll := s.enrollToken(t, op, "--uses", "1", "--ttl", "1h")
+		for _, who := range []struct{ name, user, pass, clientID string }{
+			{"viewer", protocol.TokenUsername(v.ID), v.Secret, tokenClientID(v, "r")},
+			{"enrollment token", protocol.TokenUsername(enroll.ID), enroll.Secret, "r-new"},
+		} {
+			c := s.mustDial(t, who.user, who.pass, who.clientID)
+			sync := s.topics.Base() + "/sync/" + who.clientID
+			for i := range 20 {
+				c.publish(sync+"/r"+strings.Repeat("x", i), 1, true, make([]byte, 64<<10))
+			}
+			c.barrier(t)
+			c.c.Disconnect(0)
+			c = s.mustDial(t, who.user, who.pass, who.clientID)
+			c.mustSubscribe(t, sync+"/+")
+			c.barrier(t)
+			if got := c.received(sync + "/"); len(got) > 0 {
+				t.Errorf("BUG: the %s stored %d retained messages of 64 KiB on its sync topics and the broker keeps them (want none kept: no one needs a retained sync message)", who.name, len(got))
+			}
+		}
+	})
+
+	// The planner answers admin and enrollment requests one at a time from
+	// one queue of 256 and drops what does not fit. An enrollment request
+	// costs an argon2id hash (about 8 ms of CPU) before the registry checks
+	// whether the token has uses left, so a client of a used-up fleet token,
+	// which stays connected and may still publish to its enrollment topic,
+	// fills that queue within the publish limit and operators' requests
+	// (a revocation, say) are dropped.
+	//
+	// Not parallel: while the queue is full, the other subtests' admin
+	// requests would be dropped too. It runs before them.
+	t.Run("enroll_request_flood", func(t *testing.T) {
+		op := s.newToken(t, "operator")
+		tok := s.enrollToken(t, op, "--uses", "1", "--ttl", "1h")
+		e := s.mustDial(t, protocol.TokenUsername(tok.ID), tok.Secret, "f-new")
+		e.mustSubscribe(t, s.topics.EnrollResult(tok.ID, "f-new"))
+		req, _ := json.Marshal(protocol.EnrollRequest{Device: "f-new", Secret: secRandom(32)})
+		e.mustPublish(t, s.topics.Enroll(tok.ID, "f-new"), false, req)
+		e.waitMsg(t, s.topics.EnrollResult(tok.ID, "f-new"), `"ok":true`) // the token is used up now
+		begin := time.Now()
+		for range 800 { // under the publish limit's burst of 2000
+			e.publish(s.topics.Enroll(tok.ID, "f-new"), 0, false, req)
+		}
+		e.barrier(t)
+		t.Logf("800 enrollment requests of a used-up token sent in %s", time.Since(begin).Round(time.Millisecond))
+		begin = time.Now()
+		r := run(t, s.env(op.String()), "tether", "device", "identities")
+		t.Logf("an operator's request during the flood: exit %d after %s", r.code, time.Since(begin).Round(time.Millisecond))
+		if r.code != 0 {
+			t.Errorf("BUG: the operator's admin request was not answered during a flood of a used-up enrollment token's requests")
+		}
+		if s.logged("admin queue full") {
+			t.Errorf("BUG: a used-up enrollment token's requests filled the planner's admin queue: requests were dropped")
+		}
+	})
 }

@@ -509,6 +509,36 @@ func TestSecurity(t *testing.T) {
 		}
 	})
 
+	// An expired token is refused, and its live connection may do
+	// nothing more.
+	t.Run("expired_token", func(t *testing.T) {
+		t.Parallel()
+		out := s.must(t, s.op, "acl", "token", "create", "--role", "viewer", "--ttl", "2s")
+		v, err := protocol.ParseToken(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		user := protocol.TokenUsername(v.ID)
+		c := s.mustDial(t, user, v.Secret, tokenClientID(v, "live"))
+		c.barrier(t)
+		begin := time.Now()
+		eventually(t, secWait, "the expired token to be refused", func() bool {
+			c, err := s.dial(t, user, v.Secret, tokenClientID(v, "again"))
+			if err == nil {
+				c.c.Disconnect(0)
+				return false
+			}
+			if code := refusedCode(err); code != secNotAuthorized {
+				t.Fatalf("connect with an expired token: %v", err)
+			}
+			return true
+		})
+		t.Logf("token with a 2s ttl refused %s after its first use", time.Since(begin).Round(time.Millisecond))
+		begin = time.Now()
+		c.publish(s.topics.Base()+"/sync/"+c.id+"/x", 1, false, []byte("x"))
+		c.waitLost(t, "the live connection of an expired token publishes to its own sync topic", begin)
+	})
+
 	// 11. Admin answers (they carry new secrets) reach only the operator
 	// who asked.
 	t.Run("admin_answers", func(t *testing.T) {
