@@ -81,6 +81,33 @@ func TestSecurityFindings(t *testing.T) {
 		}
 	})
 
+	// Revocation disconnects a client, and mochi sends the will of every
+	// client it disconnects: an operator token that expects to be revoked
+	// leaves a job behind in its will, and revoking it submits the job.
+	t.Run("will_on_revocation", func(t *testing.T) {
+		t.Parallel()
+		op := s.newToken(t, "operator")
+		leaked := s.newToken(t, "operator")
+		watch := s.mustDial(t, protocol.TokenUsername(op.ID), op.Secret, tokenClientID(op, "watch"))
+		watch.mustSubscribe(t, s.topics.Job("w-revoked"))
+		cp := secConnect(protocol.TokenUsername(leaked.ID), leaked.Secret, tokenClientID(leaked, "x"))
+		cp.WillFlag, cp.WillQos, cp.WillRetain, cp.WillTopic, cp.WillMessage = true, 1, true, s.topics.Job("w-revoked"), jobDoc(t, "w-revoked")
+		conn, code, err := s.rawConnect(cp, false)
+		if err != nil || code != 0 {
+			t.Fatalf("operator with a will on a job topic: CONNACK 0x%02x, %v", code, err)
+		}
+		defer conn.Close()
+		s.must(t, op, "acl", "token", "revoke", leaked.ID)
+		deadline := time.Now().Add(secQuiet)
+		for time.Now().Before(deadline) && len(watch.received(s.topics.Job("w-revoked"))) == 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := watch.received(s.topics.Job("w-revoked")); len(got) > 0 {
+			t.Errorf("BUG: revoking the operator token published its will: %v", got)
+		}
+		s.expectNoJob(t, op, "w-revoked")
+	})
+
 	// A device that logs in with a client certificate has no entry in the
 	// registry, so the registry takes its id for free: whoever holds a
 	// fleet enrollment token can connect as it (taking over its session),
