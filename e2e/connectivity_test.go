@@ -150,7 +150,8 @@ func (f *cfleet) addDevice(id string, extra ...string) *cdevice {
 	f.t.Cleanup(func() { p.Close() })
 	d := &cdevice{f: f, id: id, proxy: p, dir: f.t.TempDir()}
 	d.args = append([]string{"run", "--device-id", id, "--broker", "mqtt://" + p.Addr(), "--data-dir", d.dir,
-		"--keepalive", "2s", "--no-podman", "--label", "role=" + id}, extra...)
+		"--keepalive", "2s", "--no-podman", "--label", "role=" + id}, plannerKeyArgs(f.dataDir)...)
+	d.args = append(d.args, extra...)
 	d.start()
 	return d
 }
@@ -620,8 +621,8 @@ func TestConnectivity(t *testing.T) {
 		}
 		t.Cleanup(func() { p.Close() })
 		d := &cdevice{f: f, id: device, proxy: p, dir: t.TempDir()}
-		d.args = []string{"run", "--device-id", device, "--broker", "mqtt://" + p.Addr(), "--data-dir", d.dir,
-			"--keepalive", "2s", "--podman-socket", socket, "--label", "role=" + device}
+		d.args = append([]string{"run", "--device-id", device, "--broker", "mqtt://" + p.Addr(), "--data-dir", d.dir,
+			"--keepalive", "2s", "--podman-socket", socket, "--label", "role=" + device}, plannerKeyArgs(f.dataDir)...)
 		d.start()
 		f.presence(device, protocol.Online)
 		file := filepath.Join(t.TempDir(), "box.yaml")

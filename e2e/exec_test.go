@@ -16,11 +16,12 @@ import (
 // label, the process keeps running when edged is killed, and a new edged
 // adopts it instead of starting a second one.
 func TestEdgedBinaryExecAdoption(t *testing.T) {
-	_, env := devServer(t, "--no-edged")
+	_, env, serverDir := devServerDir(t, "--no-edged")
 	url := strings.TrimPrefix(env[0], "TETHER_BROKER=")
 	dataDir := t.TempDir()
 	marker := filepath.Join(t.TempDir(), "pids")
-	edgedArgs := []string{"run", "--device-id", "exec-dev", "--broker", url, "--data-dir", dataDir, "--label", "role=sensor", "--no-podman"}
+	edgedArgs := append([]string{"run", "--device-id", "exec-dev", "--broker", url, "--data-dir", dataDir, "--label", "role=sensor", "--no-podman"},
+		plannerKeyArgs(serverDir)...)
 	ed := start(t, "edged", nil, edgedArgs...)
 
 	eventually(t, 30*time.Second, "the device to be listed online", func() bool {

@@ -184,9 +184,27 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 // environment that points CLI commands at it.
 func devServer(t *testing.T, extra ...string) (*proc, []string) {
 	t.Helper()
-	args := append([]string{"dev", "--data-dir", t.TempDir(), "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, extra...)
+	p, env, _ := devServerDir(t, extra...)
+	return p, env
+}
+
+// devServerDir is devServer that also returns the data dir, for
+// plannerKeyArgs.
+func devServerDir(t *testing.T, extra ...string) (*proc, []string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	args := append([]string{"dev", "--data-dir", dir, "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"}, extra...)
 	p := start(t, "tether", nil, args...)
 	line := p.waitLine("MQTT broker:")
 	url := strings.TrimSpace(strings.TrimPrefix(line, "MQTT broker:"))
-	return p, []string{"TETHER_BROKER=" + url}
+	return p, []string{"TETHER_BROKER=" + url}, dir
+}
+
+// plannerKeyArgs are the edged flags that pin the planner key of the
+// `tether dev --data-dir devDataDir` server: edged applies only desired
+// state that planner signed. The server writes its public keys to
+// planner-key.pub in its own data dir, which `tether dev` puts under
+// server/, before it says it is listening.
+func plannerKeyArgs(devDataDir string) []string {
+	return []string{"--planner-key-file", filepath.Join(devDataDir, "server", "planner-key.pub")}
 }

@@ -3,6 +3,8 @@ package edged
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,7 +51,22 @@ type Config struct {
 	// simulators and for reserving capacity for the host).
 	CPUMHz   int
 	MemoryMB int
-	Log      zerolog.Logger
+	// PlannerKeys are the planner's public keys, always trusted: a desired
+	// document must be signed by one of them, or by a key that one of them
+	// endorsed (protocol.VerifyDesired). Keys learned from endorsements and
+	// from enrollment are kept in edged.db and trusted too; when
+	// PlannerKeys is set, enrollment's keys are not taken.
+	PlannerKeys []ed25519.PublicKey
+	// AcceptUnsigned (insecure) accepts desired documents without a
+	// signature. A signed one must still verify, unless no planner key is
+	// known at all.
+	AcceptUnsigned bool
+	// EnrollToken is a fleet enrollment token as handed out,
+	// "<id>.<secret>". edged uses it once, when edged.db holds no
+	// credentials and Username is empty, to obtain its own credentials,
+	// labels and the planner's keys (see enroll.go).
+	EnrollToken string
+	Log         zerolog.Logger
 }
 
 // Agent is a running edged.
@@ -78,9 +95,30 @@ type Agent struct {
 	// linkNoted is when the worker last stored that the link was up.
 	linkNoted time.Time
 
-	// refusal explains the last desired document refused as stale; it is
-	// reported until a newer one is applied. Worker only.
-	refusal string
+	// refusal explains the last desired document refused; it is reported
+	// until a newer one is applied. refusedDigest is that document's
+	// SHA-256, so that the retained copy delivered again on every
+	// reconnect is not announced again; notices are events (refusals)
+	// for the next pass to send. Worker only.
+	refusal       string
+	refusedDigest [sha256.Size]byte
+	notices       []pendingEvent
+
+	// trusted are the planner keys desired documents are verified with:
+	// the configured ones and those stored in edged.db. Set before the
+	// worker starts; worker only afterwards.
+	trusted []ed25519.PublicKey
+	// token is the parsed EnrollToken (nil without one); username,
+	// password and labels are what edged connects and reports with, once
+	// enrollment (if any) is done. Set in Run before anything connects.
+	token    *protocol.Token
+	username string
+	password string
+	labels   map[string]string
+	// enrollWait is how long edged first waits for an answer to its
+	// enrollment request before asking again (doubling up to
+	// maxEnrollWait); tests shorten it.
+	enrollWait time.Duration
 
 	// health holds the health judgements by allocation id, loaded at start
 	// and stored with the task records after every pass; since holds when
@@ -136,22 +174,42 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	var token *protocol.Token
+	if cfg.EnrollToken != "" {
+		tok, err := protocol.ParseToken(cfg.EnrollToken)
+		if err != nil {
+			return nil, fmt.Errorf("enroll token: %w", err)
+		}
+		token = &tok
+	}
 	st, err := openState(filepath.Join(cfg.DataDir, "edged.db"))
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{
-		cfg:     cfg,
-		log:     cfg.Log.With().Str("device", cfg.DeviceID).Logger(),
-		state:   st,
-		drivers: map[string]driver.Driver{},
-		kick:    make(chan struct{}, 1),
-		outKick: make(chan struct{}, 1),
+		cfg:        cfg,
+		log:        cfg.Log.With().Str("device", cfg.DeviceID).Logger(),
+		state:      st,
+		drivers:    map[string]driver.Driver{},
+		kick:       make(chan struct{}, 1),
+		outKick:    make(chan struct{}, 1),
+		token:      token,
+		enrollWait: 10 * time.Second,
 	}
-	for _, d := range cfg.Drivers {
+	if err := a.checkTrust(); err != nil {
+		st.close()
+		return nil, err
+	}
+	a.setDrivers(cfg.Drivers)
+	return a, nil
+}
+
+// setDrivers sets the drivers; before Run only.
+func (a *Agent) setDrivers(ds []driver.Driver) {
+	a.drivers = map[string]driver.Driver{}
+	for _, d := range ds {
 		a.drivers[d.Name()] = d
 	}
-	return a, nil
 }
 
 // clock is the device's time as it publishes it.
@@ -187,7 +245,19 @@ func (a *Agent) driverNames() []string {
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.state.close()
 	a.log.Info().Strs("drivers", a.driverNames()).Strs("brokers", a.cfg.Brokers).Msg("edged starting")
-	facts := gatherFacts(a.cfg.DeviceID, a.cfg.DataDir, a.cfg.Labels, a.driverNames())
+	if a.cfg.AcceptUnsigned {
+		a.log.Warn().Msg("INSECURE: accepting unsigned desired documents (--insecure-accept-unsigned): " +
+			"whoever can publish to this device's desired topic decides what it runs")
+	}
+	// Enrollment, if due, comes first: without credentials there is no
+	// broker to talk to, and an unenrolled device has nothing stored to run.
+	if err := a.setupIdentity(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while enrolling
+		}
+		return err
+	}
+	facts := gatherFacts(a.cfg.DeviceID, a.cfg.DataDir, a.labels, a.driverNames())
 	if a.cfg.CPUMHz > 0 {
 		facts.CPUMHz = a.cfg.CPUMHz
 	}
@@ -275,8 +345,8 @@ func (a *Agent) connect(ctx context.Context) {
 	cfg := bus.Config{
 		Brokers:        a.cfg.Brokers,
 		ClientID:       a.cfg.DeviceID,
-		Username:       a.cfg.Username,
-		Password:       a.cfg.Password,
+		Username:       a.username,
+		Password:       a.password,
 		CleanSession:   false,
 		Will:           &bus.Will{Topic: t.Presence(a.cfg.DeviceID), Payload: will, Retain: true, QoS: 1},
 		Log:            a.log,
@@ -541,7 +611,12 @@ func (a *Agent) worker(ctx context.Context) {
 	}
 }
 
-// takeInbox stores every valid desired document newer than the one applied.
+// takeInbox stores every desired document that is addressed to this
+// device, signed by a trusted key (or unsigned, with AcceptUnsigned) and
+// newer than the one applied. Anything else is refused: the stored
+// document stays and keeps running, and the refusal is logged, reported
+// and announced with a desired_refused event. A document of the applied
+// generation is a re-delivery and ignored.
 func (a *Agent) takeInbox() {
 	a.mu.Lock()
 	msgs := a.inbox
@@ -551,33 +626,93 @@ func (a *Agent) takeInbox() {
 		if len(raw) == 0 {
 			continue // the retained document was cleared; keep what we have
 		}
-		d, err := protocol.DecodeDesired(raw)
-		if err == nil && d.Device != a.cfg.DeviceID {
-			err = fmt.Errorf("device: addressed to %q", d.Device)
-		}
-		if err != nil {
-			a.log.Warn().Err(err).Msg("refusing desired document")
+		d, learned, err := a.admit(raw)
+		if errors.Is(err, errRedelivered) {
 			continue
 		}
-		cur, err := a.state.desired()
 		if err != nil {
-			a.log.Error().Err(err).Msg("read local state")
+			a.refuse(raw, d, err)
 			continue
 		}
-		if cur != nil && d.Generation <= cur.Generation {
-			if d.Generation < cur.Generation {
-				a.log.Warn().Uint64("generation", d.Generation).Uint64("applied", cur.Generation).Msg("refusing stale desired document")
-				a.refusal = fmt.Sprintf("refused desired generation %d: older than the applied generation %d", d.Generation, cur.Generation)
+		if len(learned) > 0 {
+			// The document verified through these endorsements: trust
+			// them from now on, across restarts, before it is stored.
+			if err := a.state.addPlannerKeys(learned, time.Now()); err != nil {
+				a.log.Error().Err(err).Msg("store planner keys")
+				continue
 			}
-			continue
+			for _, k := range learned {
+				a.log.Info().Str("key", protocol.KeyID(k)).Msg("trusting a new planner key, endorsed by a trusted one")
+			}
+			a.trusted = append(a.trusted, learned...)
 		}
-		a.refusal = ""
 		if err := a.state.putDesired(d); err != nil {
 			a.log.Error().Err(err).Msg("store desired")
 			continue
 		}
+		a.refusal = ""
+		a.refusedDigest = [sha256.Size]byte{}
 		a.log.Info().Uint64("generation", d.Generation).Int("allocations", len(d.Allocations)).Msg("desired state received")
 	}
+}
+
+// errRedelivered: the document is of the applied generation.
+var errRedelivered = errors.New("desired document of the applied generation")
+
+// admit decides whether a desired document may be applied. On refusal it
+// returns the reason (and the decoded document, as far as it decoded); it
+// also returns the planner keys the document's endorsement chain made
+// trusted.
+func (a *Agent) admit(raw []byte) (protocol.Desired, []ed25519.PublicKey, error) {
+	d, err := protocol.DecodeDesired(raw)
+	if err != nil {
+		return protocol.Desired{}, nil, fmt.Errorf("invalid document: %w", err)
+	}
+	if d.Device != a.cfg.DeviceID {
+		return d, nil, fmt.Errorf("addressed to device %q, not to this one", d.Device)
+	}
+	var learned []ed25519.PublicKey
+	switch {
+	case d.Signature == nil && a.cfg.AcceptUnsigned:
+		a.log.Warn().Uint64("generation", d.Generation).Msg("accepting an unsigned desired document (insecure: --insecure-accept-unsigned)")
+	case d.Signature != nil && a.cfg.AcceptUnsigned && len(a.trusted) == 0:
+		a.log.Warn().Uint64("generation", d.Generation).Str("key", d.Signature.Key).
+			Msg("accepting a signed desired document unverified: no planner key is known (insecure: --insecure-accept-unsigned)")
+	default:
+		learned, err = protocol.VerifyDesired(d, a.trusted)
+		if err != nil {
+			return d, nil, err
+		}
+	}
+	cur, err := a.state.desired()
+	if err != nil {
+		return d, nil, fmt.Errorf("read local state: %w", err)
+	}
+	if cur != nil && d.Generation < cur.Generation {
+		return d, nil, fmt.Errorf("older than the applied generation %d", cur.Generation)
+	}
+	if cur != nil && d.Generation == cur.Generation {
+		return d, nil, errRedelivered
+	}
+	return d, learned, nil
+}
+
+// refuse records why a desired document was refused: the log, the report
+// (until a newer document is applied) and, once per document, an event.
+func (a *Agent) refuse(raw []byte, d protocol.Desired, why error) {
+	if d.Device == "" { // it did not decode
+		a.refusal = fmt.Sprintf("refused a desired document: %v", why)
+	} else {
+		a.refusal = fmt.Sprintf("refused desired generation %d: %v", d.Generation, why)
+	}
+	digest := sha256.Sum256(raw)
+	if digest == a.refusedDigest {
+		a.log.Debug().Err(why).Uint64("generation", d.Generation).Msg("refusing desired document again")
+		return
+	}
+	a.refusedDigest = digest
+	a.log.Warn().Err(why).Uint64("generation", d.Generation).Msg("refusing desired document; keeping the applied one")
+	a.notices = append(a.notices, pendingEvent{Type: protocol.EventDesiredRefused, Message: a.refusal})
 }
 
 // list asks every driver what runs; listed says which answered.
@@ -623,7 +758,8 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 	suspended, resume := a.stopAfter(desired, now)
 	res := diffSuspended(a.cfg.DeviceID, desired, obs, recs, listed, suspended, now)
 	a.beginHealth(desired, obs, res.Tasks, now)
-	events := res.Events
+	events := append(a.notices, res.Events...)
+	a.notices = nil
 	wake := res.Wake
 	if !resume.IsZero() {
 		wake = earliest(wake, resume)

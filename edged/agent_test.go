@@ -51,9 +51,18 @@ type runningAgent struct {
 
 func startAgent(t *testing.T, cfg Config) *runningAgent {
 	t.Helper()
+	return startAgentWith(t, cfg, nil)
+}
+
+// startAgentWith runs prep, if set, on the new agent before it runs.
+func startAgentWith(t *testing.T, cfg Config, prep func(*Agent)) *runningAgent {
+	t.Helper()
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prep != nil {
+		prep(a)
 	}
 	ra := &runningAgent{a: a, done: make(chan error, 1)}
 	a.afterPass = func() { ra.passes.Add(1) }
@@ -109,7 +118,7 @@ func offlineBootScenario(t *testing.T, sc scenario) {
 	drv := sc.open()
 	cfg := Config{
 		DeviceID: sc.device, Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{drv},
-		Resync: 200 * time.Millisecond, StopTimeout: time.Second, Log: zerolog.New(zerolog.NewTestWriter(t)),
+		Resync: 200 * time.Millisecond, StopTimeout: time.Second, PlannerKeys: testPlannerKeys(), Log: zerolog.New(zerolog.NewTestWriter(t)),
 	}
 	ra := startAgent(t, cfg)
 	eventually(t, "the stored workload to start offline", func() bool { return len(runningOf(t, drv, sc.device)) == 1 })
@@ -195,7 +204,7 @@ func TestExecCrashLoopFails(t *testing.T) {
 	task := protocol.Task{Name: "crash", Driver: "exec", Config: protocol.TaskConfig{Command: []string{"/bin/sh", "-c", "echo run >> " + marker + "; exit 3"}},
 		Restart: &protocol.RestartPolicy{Attempts: 2, Delay: protocol.Duration(50 * time.Millisecond), Interval: protocol.Duration(time.Hour), Mode: protocol.RestartFail}}
 	seedDesired(t, dir, protocol.Desired{Device: "dx", Generation: 1, Allocations: []protocol.Allocation{{ID: "c.g.0-abcdef", Job: "c", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
-	ra := startAgent(t, Config{DeviceID: "dx", Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{ex}, Resync: 50 * time.Millisecond, Log: zerolog.New(zerolog.NewTestWriter(t))})
+	ra := startAgent(t, Config{DeviceID: "dx", Brokers: []string{"mqtt://127.0.0.1:1"}, DataDir: dir, Drivers: []driver.Driver{ex}, Resync: 50 * time.Millisecond, PlannerKeys: testPlannerKeys(), Log: zerolog.New(zerolog.NewTestWriter(t))})
 	eventually(t, "the task to be failed", func() bool {
 		recs, _ := ra.a.state.tasks()
 		return recs[taskKey("c.g.0-abcdef", "crash")].Failed

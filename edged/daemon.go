@@ -27,24 +27,29 @@ type DaemonConfig struct {
 	FakeRuntime bool
 }
 
-// RunDaemon sets up the drivers and runs the agent until ctx ends.
+// RunDaemon sets up the drivers and runs the agent until ctx ends. It
+// refuses to start when no desired document could ever be accepted (no
+// planner key configured or stored, no enrollment due, no AcceptUnsigned)
+// before it starts any driver.
 func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
 	log := cfg.Log.With().Str("device", cfg.DeviceID).Logger()
+	cfg.Drivers = nil
+	a, err := New(cfg.Config)
+	if err != nil {
+		return err
+	}
 	if cfg.FakeRuntime {
 		log.Warn().Msg("fake runtime: tasks are simulated, nothing really runs")
-		cfg.Drivers = []driver.Driver{
+		a.setDrivers([]driver.Driver{
 			fake.New(fake.Options{Name: protocol.DriverPodman, Log: log}),
 			fake.New(fake.Options{Name: protocol.DriverExec, Log: log}),
-		}
-		a, err := New(cfg.Config)
-		if err != nil {
-			return err
-		}
+		})
 		return a.Run(ctx)
 	}
 	var drivers []driver.Driver
 	ex, err := exec.New(filepath.Join(cfg.DataDir, "exec"), log.With().Str("driver", "exec").Logger())
 	if err != nil {
+		a.state.close()
 		return err
 	}
 	defer ex.Close()
@@ -61,10 +66,6 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
 			log.Error().Err(err).Msg("podman driver failed to start: running exec tasks only")
 		}
 	}
-	cfg.Drivers = drivers
-	a, err := New(cfg.Config)
-	if err != nil {
-		return err
-	}
+	a.setDrivers(drivers)
 	return a.Run(ctx)
 }

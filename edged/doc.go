@@ -8,6 +8,15 @@
 // It publishes presence (birth and last will), facts, observed state and
 // task events.
 //
+// Trust: edged applies only desired documents addressed to it, newer than
+// the one it applied, and signed by a planner key it trusts (the
+// configured ones, and those it learned from its enrollment answer or from
+// an endorsement chain by a trusted key, kept in edged.db). Anything else
+// is refused: the stored document keeps running, and the reason goes into
+// the report's error and a desired_refused event. AcceptUnsigned is the
+// insecure way out. Enrollment (enroll.go) turns a fleet enrollment token
+// into the device's own credentials, once.
+//
 // Health: an allocation whose desired entry carries a HealthPolicy (its
 // group rolls out with an update block) is judged per job version, and
 // the verdict is reported in AllocStatus.Health, with an alloc_healthy or

@@ -46,7 +46,7 @@ func newHealthRig(t *testing.T, resync time.Duration, opts fake.Options) *health
 	addr := "mqtt://" + b.MQTTAddr()
 	opts.Log = log
 	r := &healthRig{t: t, device: "h1", rt: fake.New(opts)}
-	r.cfg = Config{DeviceID: r.device, Brokers: []string{addr}, DataDir: t.TempDir(), Drivers: []driver.Driver{r.rt}, Resync: resync, Log: log}
+	r.cfg = Config{DeviceID: r.device, Brokers: []string{addr}, DataDir: t.TempDir(), Drivers: []driver.Driver{r.rt}, Resync: resync, PlannerKeys: testPlannerKeys(), Log: log}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	obs, err := bus.Dial(ctx, bus.Config{Brokers: []string{addr}, Log: log})
@@ -90,12 +90,12 @@ func newHealthRig(t *testing.T, resync time.Duration, opts fake.Options) *health
 	return r
 }
 
-// publish sends a desired document the way the planner does: retained,
-// QoS 1.
+// publish sends a desired document the way the planner does: signed,
+// retained, QoS 1.
 func (r *healthRig) publish(d protocol.Desired) {
 	r.t.Helper()
 	d.Device = r.device
-	raw, err := protocol.Encode(d)
+	raw, err := protocol.Encode(sign(r.t, d, testPlannerKey))
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func TestOutboxSurvivesRestartAndDeliversInOrder(t *testing.T) {
 	seedDesired(t, dir, protocol.Desired{Device: "d1", Generation: 1, Allocations: []protocol.Allocation{{ID: "j.g.0-abcdef", Job: "j", JobVersion: 1, Group: "g", Type: protocol.JobService, Tasks: []protocol.Task{task}}}})
 
 	rt := fake.New(fake.Options{})
-	cfg := Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, Log: log}
+	cfg := Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, PlannerKeys: testPlannerKeys(), Log: log}
 	ra := startAgent(t, cfg)
 	queued := func() int {
 		e, _ := ra.a.state.pending(1 << 20)
@@ -168,7 +168,7 @@ func TestStopAfterDisconnect(t *testing.T) {
 		}
 		return out
 	}
-	ra := startAgent(t, Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, KeepAlive: time.Second, Log: log})
+	ra := startAgent(t, Config{DeviceID: "d1", Brokers: []string{"mqtt://" + addr}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, KeepAlive: time.Second, PlannerKeys: testPlannerKeys(), Log: log})
 	eventually(t, "the polite workload to stop after stop_after", func() bool {
 		r := runningJobs()
 		return !r["polite"] && r["stubborn"]
@@ -189,7 +189,7 @@ func TestOutboxEmptiesOnEcho(t *testing.T) {
 	b := startBroker(t, "127.0.0.1:0", log)
 	dir := t.TempDir()
 	rt := fake.New(fake.Options{})
-	ra := startAgent(t, Config{DeviceID: "e1", Brokers: []string{"mqtt://" + b.MQTTAddr()}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, Log: log})
+	ra := startAgent(t, Config{DeviceID: "e1", Brokers: []string{"mqtt://" + b.MQTTAddr()}, DataDir: dir, Drivers: []driver.Driver{rt}, Resync: 50 * time.Millisecond, PlannerKeys: testPlannerKeys(), Log: log})
 	eventually(t, "the first report to be queued", func() bool {
 		ra.a.mu.Lock()
 		defer ra.a.mu.Unlock()

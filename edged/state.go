@@ -1,7 +1,9 @@
 package edged
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -30,6 +32,13 @@ var (
 	kEpoch   = []byte("epoch")
 	kLink    = []byte("link_seen") // last time edged knew it was connected
 	kDropped = []byte("events_dropped")
+)
+
+// Added without a schema bump (created on open): an older edged.db has
+// neither, which means "not enrolled, no planner key learned".
+var (
+	bkIdentity = []byte("identity")     // credentials and labels from enrollment
+	bkKeys     = []byte("planner_keys") // trusted planner keys by KeyID
 )
 
 // taskRecord is what edged remembers of one task between passes and across
@@ -65,7 +74,7 @@ func openState(path string) (*localState, error) {
 		return nil, fmt.Errorf("open local state %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bkMeta, bkTasks, bkHealth, bkOutbox, bkOutIdx} {
+		for _, b := range [][]byte{bkMeta, bkTasks, bkHealth, bkOutbox, bkOutIdx, bkIdentity, bkKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -404,4 +413,133 @@ func (s *localState) ackMessage(k outKind, msgSeq uint64) (bool, error) {
 		return ix.Delete(key)
 	})
 	return found, err
+}
+
+// identity is what enrollment gave this device: the broker credentials it
+// connects with and the labels of its enrollment token.
+type identity struct {
+	Username   string            `json:"username"`
+	Password   string            `json:"password"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	EnrolledBy string            `json:"enrolled_by,omitempty"` // enrollment token id
+	EnrolledAt time.Time         `json:"enrolled_at"`
+}
+
+var (
+	kIdentity     = []byte("identity")
+	kEnrollSecret = []byte("enroll_secret") // chosen, not yet confirmed by the planner
+)
+
+// identity returns the stored identity, or nil if edged is not enrolled.
+func (s *localState) identity() (*identity, error) {
+	var id *identity
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bkIdentity).Get(kIdentity)
+		if raw == nil {
+			return nil
+		}
+		id = new(identity)
+		if err := json.Unmarshal(raw, id); err != nil {
+			return fmt.Errorf("decode stored identity: %w", err)
+		}
+		return nil
+	})
+	return id, err
+}
+
+// enrollSecret returns the secret chosen for enrollment, choosing and
+// storing one first if there is none. The same secret is sent on every
+// attempt, across restarts too, so that an answer lost on the way does not
+// leave the planner with a secret the device no longer knows.
+func (s *localState) enrollSecret() (string, error) {
+	var secret string
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bkIdentity)
+		if v := b.Get(kEnrollSecret); v != nil {
+			secret = string(v)
+			return nil
+		}
+		raw := make([]byte, protocol.MinSecretBytes)
+		if _, err := rand.Read(raw); err != nil {
+			return err
+		}
+		secret = base64.RawURLEncoding.EncodeToString(raw)
+		return b.Put(kEnrollSecret, []byte(secret))
+	})
+	return secret, err
+}
+
+// putIdentity stores what enrollment gave, and the planner keys it named,
+// in one transaction, and forgets the pending secret.
+func (s *localState) putIdentity(id identity, keys []ed25519.PublicKey, now time.Time) error {
+	raw, err := json.Marshal(id)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bkIdentity)
+		if err := b.Put(kIdentity, raw); err != nil {
+			return err
+		}
+		if err := b.Delete(kEnrollSecret); err != nil {
+			return err
+		}
+		return putKeys(tx, keys, keyEnrolled, now)
+	})
+}
+
+// storedKey is a trusted planner key edged learned: from its enrollment
+// answer, or endorsed by a key it already trusted (rotation).
+type storedKey struct {
+	Key    string    `json:"key"` // standard base64
+	Source string    `json:"source"`
+	Added  time.Time `json:"added"`
+}
+
+const (
+	keyEnrolled = "enrollment"
+	keyEndorsed = "endorsement"
+)
+
+// plannerKeys returns the stored trusted planner keys.
+func (s *localState) plannerKeys() ([]ed25519.PublicKey, error) {
+	var out []ed25519.PublicKey
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bkKeys).ForEach(func(k, v []byte) error {
+			var sk storedKey
+			if err := json.Unmarshal(v, &sk); err != nil {
+				return fmt.Errorf("decode planner key %s: %w", k, err)
+			}
+			pub, err := protocol.ParseKey(sk.Key)
+			if err != nil {
+				return fmt.Errorf("planner key %s: %w", k, err)
+			}
+			out = append(out, pub)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// addPlannerKeys stores keys learned from endorsements.
+func (s *localState) addPlannerKeys(keys []ed25519.PublicKey, now time.Time) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return putKeys(tx, keys, keyEndorsed, now) })
+}
+
+func putKeys(tx *bolt.Tx, keys []ed25519.PublicKey, source string, now time.Time) error {
+	b := tx.Bucket(bkKeys)
+	for _, k := range keys {
+		id := []byte(protocol.KeyID(k))
+		if b.Get(id) != nil {
+			continue
+		}
+		raw, err := json.Marshal(storedKey{Key: protocol.EncodeKey(k), Source: source, Added: now.UTC()})
+		if err != nil {
+			return err
+		}
+		if err := b.Put(id, raw); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -187,6 +187,12 @@ const (
 	// report carries the verdict too; it is what the planner reads.
 	EventAllocHealthy   EventType = "alloc_healthy"
 	EventAllocUnhealthy EventType = "alloc_unhealthy"
+	// EventDesiredRefused says edged refused a desired document (unsigned,
+	// signed by a key it does not trust, a bad signature, addressed to
+	// another device, older than the applied one, or invalid) and keeps
+	// running what it ran; Message says why. The report's Error says so
+	// too until a newer document is applied.
+	EventDesiredRefused EventType = "desired_refused"
 )
 
 // Event is one task lifecycle event, published with QoS 1, not retained.

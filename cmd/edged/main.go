@@ -35,6 +35,14 @@ type fileConfig struct {
 	// KeepAlive is a Go duration ("30s"); a dead link is noticed within
 	// about 1.5 to 2 times it.
 	KeepAlive string `json:"keepalive"`
+	// PlannerKeys are the planner's public keys (standard base64);
+	// PlannerKeyFile a file with one per line.
+	PlannerKeys    []string `json:"planner_keys"`
+	PlannerKeyFile string   `json:"planner_key_file"`
+	// EnrollToken ("<id>.<secret>") or EnrollTokenFile enrolls the device
+	// on its first start.
+	EnrollToken     string `json:"enroll_token"`
+	EnrollTokenFile string `json:"enroll_token_file"`
 }
 
 func newRoot() *cobra.Command {
@@ -59,6 +67,7 @@ func newRunCmd() *cobra.Command {
 		fakeRT     bool
 		keepAlive  time.Duration
 		clockSkew  time.Duration
+		unsigned   bool
 	)
 	fc.LogLevel = "info"
 	cmd := &cobra.Command{
@@ -67,9 +76,22 @@ func newRunCmd() *cobra.Command {
 		Long: `Connect to the broker as this device, apply the desired state published for
 it, and report what runs. Works offline: the last desired state is kept in
 the data dir and applied at start, with or without a broker.`,
-		Example: `  edged run --device-id pi-07 --broker mqtt://10.0.0.2:1883 --data-dir /var/lib/edged --label site=berlin`,
-		Args:    cobra.NoArgs,
+		Example: `  # A device with credentials of its own (password in TETHER_PASSWORD), and
+  # the planner's public key (the server writes it to planner-key.pub in its
+  # data dir): only desired state the planner signed is applied.
+  edged run --device-id pi-07 --broker mqtt://10.0.0.2:1883 --data-dir /var/lib/edged \
+    --username pi-07 --planner-key-file /etc/edged/planner-key.pub --label site=berlin
+
+  # Firmware with a fleet enrollment token: on its first start the device
+  # obtains its own credentials, labels and the planner's keys, once.
+  edged run --device-id "$(hostname)" --broker mqtt://10.0.0.2:1883 --data-dir /var/lib/edged \
+    --enroll-token-file /etc/edged/enroll-token
+
+  # A second device for 'tether dev --data-dir /tmp/td' on the same machine:
+  edged run --device-id dev-2 --data-dir /tmp/edged-2 --planner-key-file /tmp/td/server/planner-key.pub`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var fileKeys, fileToken bool
 			if configFile != "" {
 				raw, err := os.ReadFile(configFile)
 				if err != nil {
@@ -80,6 +102,8 @@ the data dir and applied at start, with or without a broker.`,
 					return fmt.Errorf("config %s: %w", configFile, err)
 				}
 				merge(&fc, file, cmd)
+				fileKeys = !cmd.Flags().Changed("planner-key") && len(file.PlannerKeys) > 0
+				fileToken = !cmd.Flags().Changed("enroll-token") && !cmd.Flags().Changed("enroll-token-file") && file.EnrollToken != ""
 			}
 			if env := os.Getenv("TETHER_BROKER"); env != "" && !cmd.Flags().Changed("broker") && len(fc.Brokers) == 0 {
 				fc.Brokers = []string{env}
@@ -117,6 +141,27 @@ the data dir and applied at start, with or without a broker.`,
 			if err != nil {
 				errs = append(errs, err)
 			}
+			ts := trustSettings{Keys: fc.PlannerKeys, KeysFrom: "--planner-key", KeyFile: fc.PlannerKeyFile,
+				Token: fc.EnrollToken, TokenFrom: "--enroll-token", TokenFile: fc.EnrollTokenFile}
+			switch {
+			case cmd.Flags().Changed("planner-key"):
+			case fileKeys:
+				ts.KeysFrom = "planner_keys in " + configFile
+			case len(ts.Keys) > 0:
+				ts.KeysFrom = "TETHER_PLANNER_KEY"
+			}
+			if !cmd.Flags().Changed("enroll-token") {
+				switch {
+				case fileToken:
+					ts.TokenFrom = "enroll_token in " + configFile
+				case ts.Token != "":
+					ts.TokenFrom = "TETHER_ENROLL_TOKEN"
+				}
+			}
+			tr, err := ts.load()
+			if err != nil {
+				errs = append(errs, err)
+			}
 			if err := errors.Join(errs...); err != nil {
 				return err
 			}
@@ -130,6 +175,7 @@ the data dir and applied at start, with or without a broker.`,
 					DataDir: fc.DataDir, Labels: fc.Labels, Topics: topics, Version: version.String(),
 					CPUMHz: fc.CPUMHz, MemoryMB: fc.MemoryMB, Resync: 10 * time.Second, Log: log,
 					KeepAlive: keepAlive, ClockOffset: clockSkew,
+					PlannerKeys: tr.keys, EnrollToken: tr.token, AcceptUnsigned: unsigned,
 				},
 				PodmanSocket:  fc.PodmanSocket,
 				DisablePodman: noPodman,
@@ -157,6 +203,12 @@ the data dir and applied at start, with or without a broker.`,
 	_ = f.MarkHidden("clock-offset")
 	f.IntVar(&fc.CPUMHz, "cpu-mhz", 0, "CPU capacity to offer in MHz (default: what the system reports)")
 	f.IntVar(&fc.MemoryMB, "memory-mb", 0, "memory to offer in MB (default: what the system reports)")
+	f.StringArrayVar(&fc.PlannerKeys, "planner-key", envKeys(os.Getenv("TETHER_PLANNER_KEY")),
+		"the planner's public key, standard base64; only desired state it signed is applied (repeatable; env TETHER_PLANNER_KEY)")
+	f.StringVar(&fc.PlannerKeyFile, "planner-key-file", "", "file with the planner's public keys, one standard-base64 key per line, '#' comments (the server writes planner-key.pub in its data dir)")
+	f.StringVar(&fc.EnrollToken, "enroll-token", os.Getenv("TETHER_ENROLL_TOKEN"), "fleet enrollment token <id>.<secret>: used once, on the first start, to obtain this device's credentials (env TETHER_ENROLL_TOKEN)")
+	f.StringVar(&fc.EnrollTokenFile, "enroll-token-file", "", "file holding the fleet enrollment token (instead of --enroll-token)")
+	f.BoolVar(&unsigned, "insecure-accept-unsigned", false, "INSECURE: also apply desired state that carries no signature (signed state must still verify)")
 	return cmd
 }
 
@@ -195,6 +247,22 @@ func merge(dst *fileConfig, file fileConfig, cmd *cobra.Command) {
 	}
 	if len(file.Labels) > 0 {
 		dst.Labels = file.Labels
+	}
+	if !set("planner-key") && len(file.PlannerKeys) > 0 {
+		dst.PlannerKeys = file.PlannerKeys
+	}
+	if !set("planner-key-file") && file.PlannerKeyFile != "" {
+		dst.PlannerKeyFile = file.PlannerKeyFile
+	}
+	// A token on the command line, in either form, wins over both forms
+	// in the file.
+	if !set("enroll-token") && !set("enroll-token-file") {
+		if file.EnrollToken != "" {
+			dst.EnrollToken = file.EnrollToken
+		}
+		if file.EnrollTokenFile != "" {
+			dst.EnrollTokenFile = file.EnrollTokenFile
+		}
 	}
 }
 
