@@ -82,15 +82,15 @@ func TestSecuritySignedDesired(t *testing.T) {
 		}
 		return out
 	}
-	refusedEvents := func(dev string, from int) int {
-		n := 0
+	refusals := func(dev string, from int) []string {
+		var out []string
 		msgs := obs.received(s.topics.Events(dev))
 		for _, m := range msgs[min(from, len(msgs)):] {
-			if e, err := protocol.DecodeEvent(m.Payload); err == nil && e.Type == "desired_refused" {
-				n++
+			if e, err := protocol.DecodeEvent(m.Payload); err == nil && e.Type == protocol.EventDesiredRefused {
+				out = append(out, e.Message)
 			}
 		}
-		return n
+		return out
 	}
 	running := func(dev string, jobVersion, generation uint64) bool {
 		rs := reported(dev, 0)
@@ -137,6 +137,17 @@ func TestSecuritySignedDesired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// An endorsement of the attacker's key that names the planner's key as
+	// its signer but was signed by the attacker.
+	attackerPub := otherKey.Public().(ed25519.PublicKey)
+	claim := protocol.Endorse(otherKey, attackerPub)
+	claim.By = cur.Signature.Key
+	endorsedByClaim, err := protocol.SignDesired(forged, otherKey, []protocol.Endorsement{claim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tampered := cur
+	tampered.Generation += 20
 	attacker, err := s.dialURL(t, "tcp://"+s.addr, "", "", "sd-attacker")
 	if err != nil {
 		t.Fatal(err)
@@ -144,11 +155,14 @@ func TestSecuritySignedDesired(t *testing.T) {
 	for _, a := range []struct {
 		name string
 		doc  protocol.Desired
+		why  string
 	}{
-		{"unsigned, newer generation", forged},
-		{"signed by another key", signedByOther},
-		{"replayed from generation " + strconv.FormatUint(old.Generation, 10), old},
-		{"signed for sd-2", other},
+		{"unsigned, newer generation", forged, protocol.ErrUnsigned.Error()},
+		{"signed by another key", signedByOther, "does not trust"},
+		{"signed by another key it claims the planner endorsed", endorsedByClaim, "does not trust"},
+		{"signed by the planner, then altered", tampered, protocol.ErrBadSignature.Error()},
+		{"replayed from generation " + strconv.FormatUint(old.Generation, 10), old, "older than the applied generation"},
+		{"signed for sd-2", other, `addressed to device "sd-2"`},
 	} {
 		payload, err := json.Marshal(a.doc)
 		if err != nil {
@@ -163,18 +177,24 @@ func TestSecuritySignedDesired(t *testing.T) {
 		}
 		begin := time.Now()
 		attacker.mustPublish(t, s.topics.Desired("sd-1"), true, payload)
+		why := ""
 		eventually(t, secWait, "sd-1 to report that it refused the document "+a.name, func() bool {
-			if refusedEvents("sd-1", fromEvents) > 0 {
+			if r := refusals("sd-1", fromEvents); len(r) > 0 {
+				why = "event: " + r[0]
 				return true
 			}
 			for _, r := range reported("sd-1", fromReports) {
 				if r.Error != "" && r.Error != prevError {
+					why = "report: " + r.Error
 					return true
 				}
 			}
 			return false
 		})
-		t.Logf("document %s: refusal reported after %s", a.name, time.Since(begin).Round(time.Millisecond))
+		t.Logf("document %s: refusal reported after %s (%s)", a.name, time.Since(begin).Round(time.Millisecond), why)
+		if !strings.Contains(why, a.why) {
+			t.Errorf("document %s refused with %q, want the reason to mention %q", a.name, why, a.why)
+		}
 		obs.barrier(t)
 		if !running("sd-1", 2, cur.Generation) {
 			rs := reported("sd-1", 0)
