@@ -12,9 +12,9 @@ import (
 )
 
 // TestSecurityFindings are attacks that succeeded against the server when
-// these tests were written: each subtest states what a secure server must
-// do and fails, with "BUG" in its message, while the hole is open. They run
-// against their own server so that TestSecurity stays green on its own.
+// these tests were first written, and were closed since: each subtest states
+// what a secure server must do and fails, with "BUG" in its message, if the
+// hole opens again. They run against their own server.
 func TestSecurityFindings(t *testing.T) {
 	s := secStartServer(t)
 	base := s.topics.Base()
@@ -217,13 +217,11 @@ func TestSecurityFindings(t *testing.T) {
 		}
 	})
 
-	// The planner answers admin and enrollment requests one at a time from
-	// one queue of 256 and drops what does not fit. An enrollment request
-	// costs an argon2id hash (about 8 ms of CPU) before the registry checks
-	// whether the token has uses left, so a client of a used-up fleet token,
-	// which stays connected and may still publish to its enrollment topic,
-	// fills that queue within the publish limit and operators' requests
-	// (a revocation, say) are dropped.
+	// The planner answers admin and enrollment requests from queues of 256
+	// and drops what does not fit. A client of a used-up fleet token, which
+	// stays connected and may still ask again for its own identity, must
+	// neither make the planner hash a secret per request nor push
+	// operators' requests (a revocation, say) out of their queue.
 	//
 	// Not parallel: while the queue is full, the other subtests' admin
 	// requests would be dropped too. It runs before them.

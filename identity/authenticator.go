@@ -103,6 +103,9 @@ func (a *Authenticator) Authorize(p broker.Peer, topic string, write bool) bool 
 		return false
 	}
 	allowed := a.topics.Allowed(pr, p.ClientID, topic, write)
+	if allowed && write && pr.Role == protocol.RoleEnroll && !a.reg.MayEnroll(pr.Name, p.ClientID) {
+		allowed = false // used up, expired, or the id was taken meanwhile
+	}
 	if !allowed {
 		a.log.Debug().Str("client", p.ClientID).Str("role", string(pr.Role)).Str("principal", pr.Name).
 			Str("topic", topic).Bool("write", write).Msg("denied by ACL")

@@ -242,9 +242,7 @@ func (r *Registry) Enroll(tokenID, device, secret string) (map[string]string, er
 			// The same device asking again, because it lost the answer,
 			// gets the same answer; anybody else is refused.
 			if err := r.usable(t); d.EnrolledBy == tokenID && d.RevokedAt == nil && (err == nil || errors.Is(err, ErrUsedUp)) {
-				if good, err := verifySecret(d.Hash, secret); err == nil && good {
-					return t, true, nil
-				}
+				return t, true, nil // if the secret matches: see below
 			}
 			return t, false, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
 		}
@@ -253,21 +251,36 @@ func (r *Registry) Enroll(tokenID, device, secret string) (map[string]string, er
 		}
 		return t, false, nil
 	}
+	// A repeated request is checked like a login, through the cache of
+	// verified secrets: asking again and again costs no hashing.
+	asked := func(t store.Credential) (map[string]string, error) {
+		if _, err := r.verify(store.KindDevice+"/"+device, []byte(secret), false); err != nil {
+			return nil, fmt.Errorf("device %s: %w", device, ErrAlreadyEnrolled)
+		}
+		return maps.Clone(t.Labels), nil
+	}
 	r.mu.Lock()
 	t, again, err := check()
 	r.mu.Unlock()
-	if err != nil || again {
-		return maps.Clone(t.Labels), err
+	if err != nil {
+		return nil, err
+	}
+	if again {
+		return asked(t)
 	}
 	hash, err := hashSecret(secret)
 	if err != nil {
 		return nil, err
 	}
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if t, again, err = check(); err != nil || again {
-		return maps.Clone(t.Labels), err
+		r.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return asked(t)
 	}
+	defer r.mu.Unlock()
 	t.UsesLeft--
 	d := store.Credential{Kind: store.KindDevice, ID: device, Role: protocol.RoleDevice, Hash: hash,
 		CreatedAt: r.now().UTC(), Labels: maps.Clone(t.Labels), EnrolledBy: tokenID}
@@ -564,4 +577,22 @@ func (r *Registry) Keys() []protocol.KeyInfo {
 		out = append(out, protocol.KeyInfo{ID: k.ID, Key: protocol.EncodeKey(pub), CreatedAt: k.CreatedAt, Current: i == len(r.keys)-1})
 	}
 	return out
+}
+
+// MayEnroll reports whether enrollment token tokenID may still ask for an
+// identity for device: the token has a use left and the id is free, or the
+// device enrolled with this token and asks again. It is the ACL's check on
+// every enrollment request, before any secret is hashed.
+func (r *Registry) MayEnroll(tokenID, device string) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	t, ok := r.creds[store.KindToken+"/"+tokenID]
+	if !ok || t.Role != protocol.RoleEnroll {
+		return false
+	}
+	err := r.usable(t)
+	if d, taken := r.creds[store.KindDevice+"/"+device]; taken {
+		return d.EnrolledBy == tokenID && d.RevokedAt == nil && (err == nil || errors.Is(err, ErrUsedUp))
+	}
+	return err == nil
 }

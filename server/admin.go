@@ -35,14 +35,14 @@ func (a *admin) start(ctx context.Context) error {
 	a.work, a.enrollWork = make(chan bus.Message, 256), make(chan bus.Message, 256)
 	enrollPrefix := a.topics.Base() + "/enroll/"
 	enqueue := func(m bus.Message) {
-		q := a.work
+		q, name := a.work, "admin"
 		if strings.HasPrefix(m.Topic, enrollPrefix) {
-			q = a.enrollWork
+			q, name = a.enrollWork, "enrollment"
 		}
 		select {
 		case q <- m:
 		default:
-			a.log.Warn().Str("topic", m.Topic).Msg("admin queue full: request dropped")
+			a.log.Warn().Str("topic", m.Topic).Msg(name + " queue full: request dropped")
 		}
 	}
 	for _, f := range []string{a.topics.AdminFilter(), a.topics.EnrollFilter()} {
