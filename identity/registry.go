@@ -152,11 +152,22 @@ func (r *Registry) CreateEnrollToken(name string, uses int, ttl time.Duration, l
 
 // RevokeToken revokes a token at once, live connections included.
 func (r *Registry) RevokeToken(id string) error {
+	return r.revoke(store.KindToken+"/"+id, func() (store.Credential, error) {
+		return store.Credential{}, fmt.Errorf("token %s: %w", id, ErrNotFound)
+	})
+}
+
+// revoke marks the credential at key revoked (made by missing when there is
+// none), then cuts off its connections through OnRevoke.
+func (r *Registry) revoke(key string, missing func() (store.Credential, error)) error {
 	r.mu.Lock()
-	c, ok := r.creds[store.KindToken+"/"+id]
+	c, ok := r.creds[key]
 	if !ok {
-		r.mu.Unlock()
-		return fmt.Errorf("token %s: %w", id, ErrNotFound)
+		var err error
+		if c, err = missing(); err != nil {
+			r.mu.Unlock()
+			return err
+		}
 	}
 	if c.RevokedAt == nil {
 		now := r.now().UTC()
@@ -168,7 +179,7 @@ func (r *Registry) RevokeToken(id string) error {
 	}
 	r.mu.Unlock()
 	if r.OnRevoke != nil {
-		r.OnRevoke(protocol.Principal{Role: c.Role, Name: id})
+		r.OnRevoke(protocol.Principal{Role: c.Role, Name: c.ID})
 	}
 	return nil
 }
@@ -207,24 +218,9 @@ func (r *Registry) RevokeDevice(id string) error {
 	if err := protocol.ValidateID(id); err != nil {
 		return fmt.Errorf("device id: %w", err)
 	}
-	r.mu.Lock()
-	c, ok := r.creds[store.KindDevice+"/"+id]
-	if !ok {
-		c = store.Credential{Kind: store.KindDevice, ID: id, Role: protocol.RoleDevice, CreatedAt: r.now().UTC()}
-	}
-	if c.RevokedAt == nil {
-		now := r.now().UTC()
-		c.RevokedAt = &now
-		if err := r.put(c); err != nil {
-			r.mu.Unlock()
-			return err
-		}
-	}
-	r.mu.Unlock()
-	if r.OnRevoke != nil {
-		r.OnRevoke(protocol.Principal{Role: protocol.RoleDevice, Name: id})
-	}
-	return nil
+	return r.revoke(store.KindDevice+"/"+id, func() (store.Credential, error) {
+		return store.Credential{Kind: store.KindDevice, ID: id, Role: protocol.RoleDevice, CreatedAt: r.now().UTC()}, nil
+	})
 }
 
 // Enroll gives device the secret's identity on behalf of enrollment token
