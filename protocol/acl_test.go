@@ -167,7 +167,7 @@ func TestRetainable(t *testing.T) {
 		tp.Job("j"): true, tp.JobStatus("j"): true, tp.History("j"): true, tp.Desired("d"): true,
 		tp.Reported("d"): true, tp.Presence("d"): true, tp.Facts("d"): true, tp.Scheduling("d"): true,
 		tp.FleetSummary(): true,
-		tp.Events("d"): false, tp.Promote("j"): false, tp.Plan("n"): false, tp.PlanResult("n"): false,
+		tp.Events("d"):    false, tp.Promote("j"): false, tp.Plan("n"): false, tp.PlanResult("n"): false,
 		tp.Admin("o", "n"): false, tp.Enroll("e", "d"): false, "tether/v1/sync/c/x": false, "other": false,
 	} {
 		if got := tp.Retainable(topic); got != want {
