@@ -136,10 +136,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		WSAddr:   cfg.WSAddr,
 		TLS:      cfg.TLS,
 		Log:      cfg.Log.With().Str("part", "broker").Logger(),
-		PublishLimit: &broker.PublishLimit{
-			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
-			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
-		},
 		Retainable: func(p broker.Peer, topic string) bool {
 			return p.Username == plannerUser || cfg.Topics.Retainable(topic)
 		},
@@ -147,6 +143,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.secure() {
 		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, plannerUser, password, cfg.Log.With().Str("part", "acl").Logger())
 		bcfg.Authenticator = s.auth
+		// Floods are bounded per identity; dev and anonymous servers have
+		// none to bound (and load tests publish fast through them).
+		bcfg.PublishLimit = &broker.PublishLimit{
+			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
+			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
+		}
 		if err := s.bootstrapOperator(); err != nil {
 			return nil, err
 		}
