@@ -55,6 +55,10 @@ type Config struct {
 	// simulators and for reserving capacity for the host).
 	CPUMHz   int
 	MemoryMB int
+	// Arch and CPUCores, when set, replace what the system reports
+	// (simulators).
+	Arch     string
+	CPUCores int
 	// PlannerKeys are the planner's public keys, always trusted: a desired
 	// document must be signed by one of them, or by a key that one of them
 	// endorsed (protocol.VerifyDesired). Keys learned from endorsements and
@@ -70,7 +74,13 @@ type Config struct {
 	// credentials and Username is empty, to obtain its own credentials,
 	// labels and the planner's keys (see enroll.go).
 	EnrollToken string
-	Log         zerolog.Logger
+	// Observe, when set, is told what the agent does (see Observation):
+	// simulators and load tools measure with it. It runs on the agent's
+	// goroutines (the worker, the publisher, the MQTT dispatch goroutine),
+	// possibly at once, so it must be safe for concurrent use, return
+	// quickly and never block. Unset, it costs nothing.
+	Observe func(Observation)
+	Log     zerolog.Logger
 }
 
 // Agent is a running edged.
@@ -268,6 +278,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.MemoryMB > 0 {
 		facts.MemoryMB = a.cfg.MemoryMB
 	}
+	if a.cfg.Arch != "" {
+		facts.Arch = a.cfg.Arch
+	}
+	if a.cfg.CPUCores > 0 {
+		facts.CPUCores = a.cfg.CPUCores
+	}
 	factsRaw, _ := protocol.Encode(facts)
 	epoch, err := a.state.epoch()
 	if err != nil {
@@ -364,6 +380,7 @@ func (a *Agent) connect(ctx context.Context) {
 			now := time.Now()
 			a.offlineSince.Store(now.UnixNano())
 			_ = a.state.setLinkSeen(now)
+			a.observe(Observation{Kind: ObsDisconnected})
 			a.wake()
 		},
 		OnConnect: func() {
@@ -379,6 +396,7 @@ func (a *Agent) connect(ctx context.Context) {
 			// side; publish the current one again.
 			a.lastRep = nil
 			a.mu.Unlock()
+			a.observe(Observation{Kind: ObsConnected})
 			a.wake()
 			a.wakeOut()
 		},
@@ -411,6 +429,7 @@ func (a *Agent) connect(ctx context.Context) {
 	// Subscribe until the broker accepts; a refused or timed-out subscribe
 	// must not leave edged connected but deaf.
 	handler := func(m bus.Message) {
+		a.observe(Observation{Kind: ObsReceived, Topic: m.Topic, Bytes: len(m.Payload)})
 		a.mu.Lock()
 		a.inbox = append(a.inbox, m.Payload)
 		a.mu.Unlock()
@@ -499,6 +518,7 @@ func (a *Agent) flush(ctx context.Context, sent map[uint64]sentMark) error {
 		if err := publish(slot.topic, payload, true); err != nil {
 			return err
 		}
+		a.observe(Observation{Kind: ObsSent, Topic: slot.topic, Bytes: len(payload)})
 		a.mu.Lock()
 		if bytes.Equal(*slot.field, payload) {
 			*slot.field = nil
@@ -540,6 +560,7 @@ func (a *Agent) flush(ctx context.Context, sent map[uint64]sentMark) error {
 		if err := publish(e.Topic, e.Payload, e.Retain); err != nil {
 			return err
 		}
+		a.observe(Observation{Kind: ObsSent, Topic: e.Topic, Bytes: len(e.Payload)})
 		sent[e.Seq] = sentMark{gen: gen, at: time.Now()}
 		overdue = earliest(overdue, time.Now().Add(echoTimeout))
 	}
@@ -568,6 +589,7 @@ const (
 // onEcho acknowledges an outbox entry whose message came back from the
 // broker, which proves the broker has it.
 func (a *Agent) onEcho(kind outKind, m bus.Message) {
+	a.observe(Observation{Kind: ObsReceived, Topic: m.Topic, Bytes: len(m.Payload)})
 	var probe struct {
 		Epoch string `json:"epoch"`
 		Seq   uint64 `json:"seq"`
@@ -581,6 +603,9 @@ func (a *Agent) onEcho(kind outKind, m bus.Message) {
 		return
 	}
 	if found {
+		if kind == outReport {
+			a.observeReport(m.Payload)
+		}
 		a.wakeOut()
 	}
 }
@@ -657,6 +682,7 @@ func (a *Agent) takeInbox() {
 		}
 		a.refusal = ""
 		a.refusedDigest = [sha256.Size]byte{}
+		a.observeDesired(d)
 		a.log.Info().Uint64("generation", d.Generation).Int("allocations", len(d.Allocations)).Msg("desired state received")
 	}
 }
@@ -809,6 +835,7 @@ func (a *Agent) pass(ctx context.Context) time.Time {
 				}
 			} else {
 				log.Info().Str("instance", inst.ID).Msg("started")
+				a.observe(Observation{Kind: ObsWorkloadStarted, Alloc: alloc, Job: act.Spec.Labels[driver.LabelJob], Task: task})
 				rec.StartedAt = inst.StartedAt
 				rec.Message = ""
 				events = append(events, pendingEvent{Type: protocol.EventStarted, Alloc: alloc, Job: act.Spec.Labels[driver.LabelJob], Task: task})

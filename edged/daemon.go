@@ -25,6 +25,9 @@ type DaemonConfig struct {
 	// FakeRuntime replaces both drivers by in-memory fakes (for fleet
 	// simulation and connectivity tests): tasks "run" without running.
 	FakeRuntime bool
+	// Fake configures the fakes of FakeRuntime (start latency, crashes);
+	// Name and Log are set by RunDaemon.
+	Fake fake.Options
 }
 
 // RunDaemon sets up the drivers and runs the agent until ctx ends. It
@@ -40,10 +43,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) error {
 	}
 	if cfg.FakeRuntime {
 		log.Warn().Msg("fake runtime: tasks are simulated, nothing really runs")
-		a.setDrivers([]driver.Driver{
-			fake.New(fake.Options{Name: protocol.DriverPodman, Log: log}),
-			fake.New(fake.Options{Name: protocol.DriverExec, Log: log}),
-		})
+		po, eo := cfg.Fake, cfg.Fake
+		po.Name, po.Log = protocol.DriverPodman, log
+		eo.Name, eo.Log = protocol.DriverExec, log
+		a.setDrivers([]driver.Driver{fake.New(po), fake.New(eo)})
 		return a.Run(ctx)
 	}
 	var drivers []driver.Driver

@@ -2,6 +2,7 @@ package fake
 
 import (
 	"math"
+	"math/rand/v2"
 	"os"
 	"path"
 	"strconv"
@@ -91,4 +92,32 @@ func parseSleep(s string) (time.Duration, bool) {
 		return d, true
 	}
 	return 0, false
+}
+
+// Crashing wraps base so that a share rate (0 to 1) of the instances that
+// base would run forever crash instead: each exits, at a random time up to
+// within after its start (a second when within is 0), with a code drawn
+// from codes (1 when empty). Instances base lets exit by themselves are
+// left alone. The random draws use math/rand/v2's global source, which is
+// safe for concurrent use.
+func Crashing(base Behavior, rate float64, within time.Duration, codes []int) Behavior {
+	if base == nil {
+		base = ShellBehavior
+	}
+	if rate <= 0 {
+		return base
+	}
+	if within <= 0 {
+		within = time.Second
+	}
+	if len(codes) == 0 {
+		codes = []int{1}
+	}
+	return func(spec driver.Spec) Outcome {
+		o := base(spec)
+		if o.Exits || rand.Float64() >= rate {
+			return o
+		}
+		return Outcome{Exits: true, After: rand.N(within) + 1, Code: codes[rand.IntN(len(codes))]}
+	}
 }

@@ -49,6 +49,10 @@ type Options struct {
 	// returns fails Start after the instance was created, leaving it in
 	// state created the way Podman does when a container cannot start.
 	StartError func(spec driver.Spec) error
+	// StartLatency is how long Start takes before the instance runs, as
+	// pulling and starting a container would (the fleet simulator). Start
+	// returns ctx's error if ctx ends first, having created nothing.
+	StartLatency time.Duration
 	// Now is the clock for StartedAt and FinishedAt; time.Now when nil.
 	// Timers for Behavior always use real time.
 	Now func() time.Time
@@ -133,6 +137,15 @@ func (d *Driver) Start(ctx context.Context, spec driver.Spec) (driver.Instance, 
 		return driver.Instance{}, err
 	}
 	rt := d.rt
+	if rt.opts.StartLatency > 0 {
+		t := time.NewTimer(rt.opts.StartLatency)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return driver.Instance{}, ctx.Err()
+		case <-t.C:
+		}
+	}
 	// Ask the hooks before taking the lock: they are caller code.
 	var startErr error
 	if rt.opts.StartError != nil {

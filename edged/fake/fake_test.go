@@ -154,3 +154,49 @@ func TestShellBehavior(t *testing.T) {
 		}
 	}
 }
+
+func TestStartLatency(t *testing.T) {
+	t.Parallel()
+	d := newFake(t, fake.Options{StartLatency: 50 * time.Millisecond})
+	begin := time.Now()
+	if _, err := d.Start(context.Background(), spec("slow", "sleep", "infinity")); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(begin); took < 50*time.Millisecond {
+		t.Errorf("Start took %s, want at least the 50ms latency", took)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := d.Start(ctx, spec("never", "sleep", "infinity")); !errors.Is(err, context.Canceled) {
+		t.Errorf("Start with an ended context: %v, want context.Canceled", err)
+	}
+	if n := len(d.Instances()); n != 1 {
+		t.Errorf("%d instances, want 1: a cancelled start creates nothing", n)
+	}
+}
+
+func TestCrashing(t *testing.T) {
+	t.Parallel()
+	forever := spec("f", "sleep", "infinity")
+	exits := spec("e", "sh", "-c", "exit 3")
+	always := fake.Crashing(nil, 1, 10*time.Millisecond, []int{42})
+	if o := always(forever); !o.Exits || o.Code != 42 || o.After <= 0 || o.After > 10*time.Millisecond {
+		t.Errorf("rate 1: %+v, want an exit with 42 within 10ms", o)
+	}
+	if o := always(exits); o.Code != 3 || o.After != 0 {
+		t.Errorf("an instance that exits by itself: %+v, want its own exit 3", o)
+	}
+	if o := fake.Crashing(nil, 0, 0, nil)(forever); o.Exits {
+		t.Errorf("rate 0: %+v, want it to run forever", o)
+	}
+	half := fake.Crashing(nil, 0.5, 0, nil)
+	crashed := 0
+	for range 1000 {
+		if half(forever).Exits {
+			crashed++
+		}
+	}
+	if crashed < 350 || crashed > 650 {
+		t.Errorf("rate 0.5: %d of 1000 crashed", crashed)
+	}
+}
