@@ -116,7 +116,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.keyFile, "key-file", os.Getenv("TETHER_KEY_FILE"), "key of --cert-file (env TETHER_KEY_FILE)")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	pf.StringVar(&g.logFormat, "log-format", "console", "log format: console or json")
-	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newACLCmd(g), newEnrollCmd(g), newKeysCmd(g), newTLSCmd())
+	root.AddCommand(newDevCmd(g), newServerCmd(g), newJobCmd(g), newDeviceCmd(g), newACLCmd(g), newEnrollCmd(g), newKeysCmd(g), newTLSCmd(), newSimCmd(g))
 	return root
 }
 
