@@ -166,8 +166,12 @@ type DeviceStatus struct {
 	Starts       int    `json:"starts"`
 	Running      bool   `json:"running"`
 	Version      uint64 `json:"version,omitempty"`
-	DesiredAt    int64  `json:"desired_at,omitempty"`
-	RunningAt    int64  `json:"running_at,omitempty"`
+	// Allocs and AllocsRunning are the job's allocations on the device
+	// (any version) in its last confirmed report.
+	Allocs        int   `json:"allocs,omitempty"`
+	AllocsRunning int   `json:"allocs_running,omitempty"`
+	DesiredAt     int64 `json:"desired_at,omitempty"`
+	RunningAt     int64 `json:"running_at,omitempty"`
 }
 
 // filesPerDevice: a device holds its TCP connection and its bbolt file.
@@ -471,6 +475,7 @@ func (f *fleet) deviceStatus(job string, version uint64) []DeviceStatus {
 			}
 			k := jobVersion{job, v}
 			ds.Version = v
+			ds.Allocs, ds.AllocsRunning = d.jobs[job].allocs, d.jobs[job].running
 			ds.DesiredAt = unixNano(d.jobDesiredAt[k])
 			ds.RunningAt = unixNano(d.jobRunningAt[k])
 		}
