@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -111,7 +112,9 @@ func run(ctx context.Context, o options, log io.Writer) (*Result, error) {
 		b.logf("scenario %s: begin", name)
 		before := b.usages()
 		b.meter.reset()
+		logFrom := b.serverLogMark()
 		err := steps[name](ctx, s)
+		s.Notes = append(s.Notes, b.serverWarnings(logFrom)...)
 		peaks := b.meter.reset()
 		after := b.usages()
 		for k, a := range before {
@@ -580,10 +583,11 @@ func (b *bench) submit(ctx context.Context, job protocol.Job) (uint64, time.Dura
 	if err := os.WriteFile(path, raw, 0o600); err != nil {
 		return 0, 0, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	limit := min(5*time.Minute, b.o.timeout)
+	cctx, cancel := context.WithTimeout(ctx, limit+10*time.Second)
 	defer cancel()
 	begin := time.Now()
-	cmd := exec.CommandContext(cctx, b.tether, "--broker", b.brokerURL, "job", "run", path, "--detach", "--timeout", "5m")
+	cmd := exec.CommandContext(cctx, b.tether, "--broker", b.brokerURL, "job", "run", path, "--detach", "--timeout", limit.String())
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err = cmd.Run()
@@ -606,3 +610,63 @@ func round(v float64, digits int) float64 {
 	p := math.Pow(10, float64(digits))
 	return math.Round(v*p) / p
 }
+
+// logMark is a place in the server's logs: which run, how far.
+type logMark struct {
+	run    int
+	offset int64
+}
+
+func (b *bench) serverLogMark() logMark {
+	st, err := os.Stat(b.server.log)
+	if err != nil {
+		return logMark{run: b.serverRuns}
+	}
+	return logMark{run: b.serverRuns, offset: st.Size()}
+}
+
+// serverWarnings summarizes the warnings and errors the server logged
+// since the mark: the most frequent messages, with their counts.
+func (b *bench) serverWarnings(from logMark) []string {
+	counts := map[string]int{}
+	for run := from.run; run <= b.serverRuns; run++ {
+		raw, err := os.ReadFile(filepath.Join(b.dir, fmt.Sprintf("server-%d.log", run)))
+		if err != nil {
+			continue
+		}
+		if run == from.run && from.offset <= int64(len(raw)) {
+			raw = raw[from.offset:]
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			// Console format: "15:04:05 WRN message key=value ..."
+			f := strings.SplitN(line, " ", 3)
+			if len(f) < 3 || (f[1] != "WRN" && f[1] != "ERR" && f[1] != "FTL") {
+				continue
+			}
+			msg := f[1] + " " + f[2]
+			// Drop the fields that differ per client or connection.
+			msg = volatileField.ReplaceAllString(msg, "")
+			counts[msg]++
+		}
+	}
+	type kv struct {
+		msg string
+		n   int
+	}
+	var all []kv
+	for m, n := range counts {
+		all = append(all, kv{m, n})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].n > all[j].n || all[i].n == all[j].n && all[i].msg < all[j].msg })
+	var out []string
+	for i, e := range all {
+		if i == 5 {
+			out = append(out, fmt.Sprintf("server log: %d more kinds of warnings", len(all)-5))
+			break
+		}
+		out = append(out, fmt.Sprintf("server log: %d× %s", e.n, e.msg))
+	}
+	return out
+}
+
+var volatileField = regexp.MustCompile(` (client|remote|device|pk|filter|alloc|instance)=("[^"]*"|\S+)`)

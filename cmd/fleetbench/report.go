@@ -104,7 +104,8 @@ func markdown(res *Result) string {
 		}
 		ok := "yes"
 		if !s.OK {
-			ok = "NO: " + s.Error
+			first, _, _ := strings.Cut(s.Error, "\n")
+			ok = "NO: " + strings.ReplaceAll(first, "|", "/")
 		}
 		srv := s.Usage["server"]
 		fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %.1f (%.0f%%) | %.0f (%.0f) |\n",
