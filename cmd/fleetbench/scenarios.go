@@ -115,10 +115,6 @@ func (b *bench) connect(ctx context.Context, s *Scenario) error {
 		s.metric("mosquitto_rss_per_device_kb", round(float64(m.rssKB-idleMosq.rssKB)/float64(n), 2), "KB")
 		s.note("mosquitto mode: the server process is the planner alone, so its memory per device is the planner's; mosquitto's is the broker's")
 	}
-	if heap, ok := b.sysLatest("heap"); ok {
-		s.metric("broker_reported_heap_mb", round(heap/(1<<20), 1), "MB")
-		s.note("broker_reported_heap_mb is the broker's $SYS memory figure (mochi: the whole server process's Go HeapInuse), up to one $SYS interval old")
-	}
 	var simRSS int64
 	for name, pid := range b.pids() {
 		if name != "server" && name != "mosquitto" {
@@ -299,6 +295,8 @@ func (b *bench) restart(ctx context.Context, s *Scenario) error {
 	var allReconnected time.Duration
 	if external {
 		s.note("external broker: only the planner restarts; devices stay connected to the broker")
+	} else {
+		s.note("edged waits a random 0-5s before each reconnect (bus ReconnectJitter) on top of paho's retry interval, which bounds all_reconnected_s from below at small N")
 	}
 	wall, err := b.waitFor(ctx, "restart", b.o.timeout, func(ctx context.Context) (bool, string, error) {
 		devs, err := b.devices(ctx, "", 0)
@@ -437,6 +435,10 @@ func (b *bench) steadyState(ctx context.Context, s *Scenario) error {
 		s.note("broker_* are the broker's own $SYS byte and message counters (all clients, the planner's included, pings included) over %.0fs of the window", span.Seconds())
 	} else {
 		s.note("broker $SYS counters: fewer than two samples 30s apart in the window (mochi publishes them every 60s): run --steady 2m or longer")
+	}
+	if heap, at, ok := b.sysLatest("heap"); ok && at.After(a) {
+		s.metric("broker_reported_heap_mb", round(heap/(1<<20), 1), "MB")
+		s.note("broker_reported_heap_mb is the broker's own $SYS memory figure (mochi: the whole server process's Go HeapInuse; Mosquitto: its heap)")
 	}
 	return nil
 }
