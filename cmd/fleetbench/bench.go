@@ -29,7 +29,8 @@ type bench struct {
 	o      options
 	log    io.Writer
 	tether string
-	dir    string
+	dir    string // logs, job files and the server's data: on disk, as a server's would be
+	simDir string // the simulated devices' data: /dev/shm when present
 	topics protocol.Topics
 
 	brokerURL  string // what the devices and the CLI connect to
@@ -77,10 +78,14 @@ func run(ctx context.Context, o options, log io.Writer) (*Result, error) {
 			return res, nil
 		}
 	}
-	if b.dir, err = workDir(o.workDir); err != nil {
+	if b.dir, err = os.MkdirTemp(o.workDir, "fleetbench-"); err != nil {
 		return nil, err
 	}
-	b.logf("work dir %s", b.dir)
+	if b.simDir, err = simDir(o.simDir); err != nil {
+		os.RemoveAll(b.dir)
+		return nil, err
+	}
+	b.logf("work dir %s (server data, logs), devices' data in %s", b.dir, b.simDir)
 	defer b.cleanup()
 
 	if err := b.startBackend(ctx); err != nil {
@@ -146,14 +151,14 @@ func run(ctx context.Context, o options, log io.Writer) (*Result, error) {
 	return res, ctx.Err()
 }
 
-func workDir(dir string) (string, error) {
+func simDir(dir string) (string, error) {
 	if dir == "" {
 		dir = os.TempDir()
 		if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
 			dir = "/dev/shm"
 		}
 	}
-	return os.MkdirTemp(dir, "fleetbench-")
+	return os.MkdirTemp(dir, "fleetbench-sims-")
 }
 
 func sleep(ctx context.Context, d time.Duration) {
@@ -217,11 +222,13 @@ func (b *bench) cleanup() {
 		b.logf("%v", err)
 	}
 	if b.o.keep {
-		b.logf("kept %s", b.dir)
+		b.logf("kept %s and %s", b.dir, b.simDir)
 		return
 	}
-	if err := os.RemoveAll(b.dir); err != nil {
-		b.logf("remove %s: %v", b.dir, err)
+	for _, d := range []string{b.dir, b.simDir} {
+		if err := os.RemoveAll(d); err != nil {
+			b.logf("remove %s: %v", d, err)
+		}
 	}
 }
 
@@ -249,6 +256,9 @@ func (b *bench) startBackend(ctx context.Context) error {
 	b.brokerURL = "mqtt://" + addr
 	b.serverArgs = []string{"server", "--insecure-allow-anonymous", "--insecure-plaintext",
 		"--data-dir", filepath.Join(b.dir, "server"), "--ws-addr", "", "--http-addr", "", "--log-level", "warn"}
+	if b.o.brokerImpl == "broker-only" {
+		return b.startBrokerOnly(ctx, addr)
+	}
 	if b.o.brokerImpl == "mosquitto" {
 		if err := b.startMosquitto(ctx, port); err != nil {
 			return err
@@ -438,7 +448,7 @@ func (b *bench) startSims(ctx context.Context) error {
 		}
 		args := []string{"--broker", b.brokerURL, "sim",
 			"--devices", strconv.Itoa(count), "--first", strconv.Itoa(first), "--prefix", "sim-",
-			"--planner-key-file", keyFile, "--data-dir", filepath.Join(b.dir, fmt.Sprintf("sim%d", i)),
+			"--planner-key-file", keyFile, "--data-dir", filepath.Join(b.simDir, fmt.Sprintf("sim%d", i)),
 			"--ramp", strconv.FormatFloat(ramp, 'f', -1, 64), "--status-addr", addr,
 			"--keepalive", b.o.keepalive.String(), "--start-latency", b.o.startLat.String(),
 			"--crash-rate", strconv.FormatFloat(b.o.crashRate, 'f', -1, 64),

@@ -22,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -49,8 +50,13 @@ type options struct {
 	out         string
 	md          string
 	workDir     string
+	simDir      string
 	keep        bool
 	note        string
+	// serveBroker, set only by fleetbench for its own child process in
+	// -broker-impl broker-only, runs the broker alone on that address.
+	serveBroker    string
+	serveBrokerDir string
 }
 
 // allScenarios in the order they run: the service job (the heaviest) runs
@@ -65,7 +71,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	scen := fs.String("scenario", "all", "scenarios to run, comma-separated: connect, system, restart, steady, service, or all")
 	fs.IntVar(&o.devices, "devices", 1000, "how many simulated devices")
 	fs.StringVar(&o.tether, "tether", "bin/tether", "the tether binary (go tool task build)")
-	fs.StringVar(&o.brokerImpl, "broker-impl", "embedded", "embedded (the server's own broker) or mosquitto (tether server --broker)")
+	fs.StringVar(&o.brokerImpl, "broker-impl", "embedded", "embedded (the server's own broker), mosquitto (tether server --broker), or broker-only (the embedded broker without the planner: connect only, for the broker's cost per device)")
 	fs.StringVar(&o.mosquitto, "mosquitto", "mosquitto", "the mosquitto binary, for --broker-impl mosquitto")
 	fs.IntVar(&o.perSim, "per-sim", 6000, "devices per simulator process (each device holds 2 of a process's 20,000 files)")
 	fs.Float64Var(&o.ramp, "ramp", 500, "devices connecting per second over all simulators (0: all at once)")
@@ -77,11 +83,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.Float64Var(&o.crashRate, "crash-rate", 0, "share of simulated workloads that crash (keep 0 for the restart proof)")
 	fs.StringVar(&o.out, "out", "", "write the JSON result here (default bench-results/fleet-N-IMPL-TIME.json)")
 	fs.StringVar(&o.md, "md", "", "also append the markdown rows to this file")
-	fs.StringVar(&o.workDir, "work-dir", "", "where the server's and simulators' data go (default a new dir in /dev/shm, else the temporary dir)")
+	fs.StringVar(&o.workDir, "work-dir", "", "where a new dir for the server's data and the logs goes (default the temporary dir: on disk, as a server's data would be)")
+	fs.StringVar(&o.simDir, "sim-dir", "", "where a new dir for the simulated devices' data goes (default /dev/shm, else the temporary dir)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work dir (logs, data) at the end")
 	fs.StringVar(&o.note, "note", "", "a note recorded with the result (e.g. what else ran on the machine)")
+	fs.StringVar(&o.serveBroker, "serve-broker", "", "internal: run the embedded broker alone on this loopback address (broker-only's child process)")
+	fs.StringVar(&o.serveBrokerDir, "serve-broker-dir", "", "internal: the broker-only child's data dir")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.serveBroker != "" {
+		return o, nil
 	}
 	var errs []error
 	if o.devices < 1 {
@@ -90,8 +102,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.perSim < 1 || o.perSim > 8000 {
 		errs = append(errs, errors.New("-per-sim: want 1 to 8000 (a process may hold 20,000 open files, 2 per device)"))
 	}
-	if o.brokerImpl != "embedded" && o.brokerImpl != "mosquitto" {
-		errs = append(errs, fmt.Errorf("-broker-impl %q: want embedded or mosquitto", o.brokerImpl))
+	if o.brokerImpl != "embedded" && o.brokerImpl != "mosquitto" && o.brokerImpl != "broker-only" {
+		errs = append(errs, fmt.Errorf("-broker-impl %q: want embedded, mosquitto or broker-only", o.brokerImpl))
 	}
 	for _, s := range strings.Split(*scen, ",") {
 		s = strings.TrimSpace(s)
@@ -111,6 +123,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		o.scenarios = append(o.scenarios, "system")
 	}
 	o.scenarios = slices.DeleteFunc(slices.Clone(allScenarios), func(s string) bool { return !slices.Contains(o.scenarios, s) })
+	if o.brokerImpl == "broker-only" {
+		o.scenarios = []string{"connect"} // the rest need a planner
+	}
 	return o, errors.Join(errs...)
 }
 
@@ -125,6 +140,17 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.serveBroker != "" {
+		if err := loopback(o.serveBroker); err != nil {
+			fmt.Fprintln(os.Stderr, "fleetbench:", err)
+			os.Exit(2)
+		}
+		if err := serveBroker(ctx, o.serveBroker, o.serveBrokerDir); err != nil {
+			fmt.Fprintln(os.Stderr, "fleetbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, o.maxDuration)
 	defer cancel()
 	res, err := run(ctx, o, os.Stderr)
@@ -204,6 +230,19 @@ func writeResult(o options, res *Result, stdout io.Writer) error {
 		defer f.Close()
 		_, err = io.WriteString(f, md)
 		return err
+	}
+	return nil
+}
+
+// loopback refuses addresses off this machine: the benchmark's traffic
+// stays on loopback.
+func loopback(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%s: want a loopback address", addr)
 	}
 	return nil
 }

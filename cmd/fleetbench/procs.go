@@ -115,6 +115,7 @@ type usage struct {
 	at     time.Time
 	cpu    float64 // user+system seconds
 	rssKB  int64
+	anonKB int64 // RssAnon: heap and stacks, without mapped files
 	hwmKB  int64
 	exists bool
 }
@@ -160,6 +161,8 @@ func sample(pid int) usage {
 			u.rssKB = kb
 		case "VmHWM":
 			u.hwmKB = kb
+		case "RssAnon":
+			u.anonKB = kb
 		}
 	}
 	return u
