@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -684,3 +685,39 @@ func (b *bench) serverWarnings(from logMark) []string {
 }
 
 var volatileField = regexp.MustCompile(` (client|remote|device|pk|filter|alloc|instance)=("[^"]*"|\S+)`)
+
+// plan runs `tether job plan` for job and returns its exit code (0: no
+// change, 1: changes) and output. Other failures are errors.
+func (b *bench) plan(ctx context.Context, job protocol.Job) (int, string, error) {
+	raw, err := json.Marshal(job)
+	if err != nil {
+		return 0, "", err
+	}
+	path := filepath.Join(b.dir, job.ID+"-plan.json")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		return 0, "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, b.o.timeout+10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(cctx, b.tether, "--broker", b.brokerURL, "job", "plan", path, "--timeout", b.o.timeout.String())
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, out.String(), nil
+	case errors.As(err, &ee) && ee.ExitCode() == 1:
+		return 1, out.String(), nil
+	default:
+		return 0, out.String(), fmt.Errorf("tether job plan %s: %w\n%s", job.ID, err, out.String())
+	}
+}
+
+func firstLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = append(lines[:n], "...")
+	}
+	return strings.Join(lines, " / ")
+}

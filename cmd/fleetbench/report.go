@@ -75,7 +75,7 @@ var headline = map[string][]string{
 	"connect": {"all_connected_s", "all_reported_s", "server_sees_all_online_s", "server_rss_per_device_kb", "server_cpu_per_device_ms"},
 	"system":  {"accepted_s", "all_running_s", "server_reports_running_s"},
 	"service": {"instances", "all_running_s", "devices_used", "max_per_device", "rolling_update_s", "rolling_update_starts"},
-	"restart": {"server_stop_s", "server_start_s", "all_reconnected_s", "reconverged_s", "workloads_restarted"},
+	"restart": {"server_stop_s", "server_start_s", "all_reconnected_s", "planner_answers_s", "reconverged_s", "workloads_restarted"},
 	"steady":  {"server_cpu_percent", "msgs_per_device_min", "wire_kb_per_device_min", "broker_kb_per_device_min"},
 }
 
