@@ -296,6 +296,9 @@ func (b *bench) startMosquitto(ctx context.Context, port int) error {
 	}
 	conf := fmt.Sprintf(`listener %d 127.0.0.1
 allow_anonymous true
+# Run as root, mosquitto would switch to user mosquitto, which cannot
+# write the persistence dir made here.
+user root
 persistence true
 persistence_location %s/
 autosave_interval 60

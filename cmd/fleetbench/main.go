@@ -81,7 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.keepalive, "keepalive", 30*time.Second, "the devices' MQTT keepalive")
 	fs.DurationVar(&o.startLat, "start-latency", 0, "how long each simulated workload start takes")
 	fs.Float64Var(&o.crashRate, "crash-rate", 0, "share of simulated workloads that crash (keep 0 for the restart proof)")
-	fs.StringVar(&o.out, "out", "", "write the JSON result here (default bench-results/fleet-N-IMPL-TIME.json)")
+	fs.StringVar(&o.out, "out", "", "write the JSON result here (default $TMPDIR/tether-fleetbench/fleet-N-IMPL-TIME.json)")
 	fs.StringVar(&o.md, "md", "", "also append the markdown rows to this file")
 	fs.StringVar(&o.workDir, "work-dir", "", "where a new dir for the server's data and the logs goes (default the temporary dir: on disk, as a server's data would be)")
 	fs.StringVar(&o.simDir, "sim-dir", "", "where a new dir for the simulated devices' data goes (default /dev/shm, else the temporary dir)")
@@ -207,7 +207,7 @@ func hostInfo() Host {
 func writeResult(o options, res *Result, stdout io.Writer) error {
 	path := o.out
 	if path == "" {
-		path = filepath.Join("bench-results", fmt.Sprintf("fleet-%d-%s-%s.json", o.devices, o.brokerImpl, res.Started.Format("20060102-150405")))
+		path = filepath.Join(os.TempDir(), "tether-fleetbench", fmt.Sprintf("fleet-%d-%s-%s.json", o.devices, o.brokerImpl, res.Started.Format("20060102-150405")))
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
