@@ -223,12 +223,27 @@ func (b *Broker) setup(auth Authenticator) error {
 		return fmt.Errorf("mqtt listener %s: %w", b.cfg.MQTTAddr, err)
 	}
 	if b.cfg.WSAddr != "" {
-		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr, b.cfg.TLS), timeout: connectTimeout}
+		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr, wsTLS(b.cfg.TLS)), timeout: connectTimeout}
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return fmt.Errorf("websocket listener %s: %w", b.cfg.WSAddr, err)
 		}
 	}
 	return nil
+}
+
+// wsTLS is the WebSocket listener's TLS: the same certificate, but no
+// request for a client certificate. Chromium cannot answer such a request,
+// even an optional one, during a WebSocket handshake and cancels it, so a
+// dashboard could never connect; devices with certificates use MQTT over
+// TCP.
+func wsTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	c = c.Clone()
+	c.ClientAuth = tls.NoClientCert
+	c.ClientCAs = nil
+	return c
 }
 
 // Start loads persisted sessions and retained messages and starts accepting

@@ -67,12 +67,11 @@ var contentTypes = map[string]string{
 
 // contentSecurityPolicy allows only this origin's own files, WebSocket
 // connections to any host (the broker listens on another port, which 'self'
-// does not cover), https: requests for the preflight before a wss://
-// connection (see preflight in static/js/conn.js), and blob: workers: MQTT.js runs its keepalive timer in a
+// does not cover), and blob: workers: MQTT.js runs its keepalive timer in a
 // worker made from a blob, because browsers throttle timers in background
 // tabs to once a minute, longer than the keepalive.
 const contentSecurityPolicy = "default-src 'none'; script-src 'self'; worker-src 'self' blob:; style-src 'self'; img-src 'self' data:; " +
-	"connect-src 'self' ws: wss: https:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+	"connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Handler serves the dashboard: the page at /, its files below it, and
 // /config.json. Every response says no-cache: the files are not

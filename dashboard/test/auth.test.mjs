@@ -1,12 +1,12 @@
 // Unit tests of the sign-in rules (static/js/auth.js) and of where the page
-// connects (brokerURL, the preflight and hint of wss://). No browser, no broker.
+// connects (brokerURL and the hint of wss://). No browser, no broker.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   parseToken, TokenError, credentials, clientIdFor, usernameOf, refusalOf, TokenStore, STORAGE_KEY,
 } from '../static/js/auth.js';
-import { brokerURL, preflight, tlsHint } from '../static/js/conn.js';
+import { brokerURL, tlsHint } from '../static/js/conn.js';
 import { Fleet } from '../static/js/model.js';
 
 const ID = '0a1b2c3d4e5f';
@@ -152,26 +152,6 @@ test('the broker URL follows ws_tls and the page scheme', () => {
   // Browsers refuse ws:// from an https page.
   assert.equal(brokerURL(loc('https:', 'tether.example'), 1884, false), 'wss://tether.example:1884');
   assert.equal(brokerURL(loc('http:', '[::1]'), 1884, true), 'wss://[::1]:1884');
-});
-
-test('before a wss:// link, one ordinary request to the same host and port, without credentials, that never fails', async (t) => {
-  const calls = [];
-  const real = globalThis.fetch;
-  t.after(() => { globalThis.fetch = real; });
-  globalThis.fetch = async (url, opts) => {
-    calls.push({ url, mode: opts.mode, credentials: opts.credentials });
-    throw new TypeError('Failed to fetch');
-  };
-  assert.equal(await preflight('wss://[::1]:8884'), false, 'a failure resolves: the link is tried anyway');
-  globalThis.fetch = async (url, opts) => {
-    calls.push({ url, mode: opts.mode, credentials: opts.credentials });
-    return { type: 'opaque' };
-  };
-  assert.equal(await preflight('wss://tether.example:8884'), true);
-  assert.deepEqual(calls, [
-    { url: 'https://[::1]:8884/', mode: 'no-cors', credentials: 'omit' },
-    { url: 'https://tether.example:8884/', mode: 'no-cors', credentials: 'omit' },
-  ]);
 });
 
 test('a wss:// link that cannot connect says the browser must trust the certificate authority', () => {

@@ -72,9 +72,8 @@ export class Link {
    * start connects: anonymously when creds is null, else with a token's
    * MQTT credentials ({id, username, password}, see auth.js) and a client
    * id under its username, as the broker requires. It ends any connection
-   * of a previous start. A wss:// link connects after a preflight request
-   * (see preflight). The password goes to MQTT.js only: it is never part of
-   * the state handed to onState.
+   * of a previous start. The password goes to MQTT.js only: it is never part
+   * of the state handed to onState.
    */
   start(creds = null) {
     this.stop();
@@ -110,22 +109,13 @@ export class Link {
       opts.username = creds.username;
       opts.password = creds.password;
     }
-    if (!this.url.startsWith('wss:')) {
-      this.#connect(mqtt, opts);
-      return;
-    }
-    // stop() or another start() meanwhile bumps session: then this one is void.
-    const session = this.session;
-    preflight(this.url).then(() => {
-      if (session === this.session) this.#connect(mqtt, opts);
-    });
+    this.#connect(mqtt, opts);
   }
 
   #connect(mqtt, opts) {
     const c = mqtt.connect(this.url, opts);
     this.client = c;
     const mine = () => this.client === c;
-    const tls = this.url.startsWith('wss:');
     c.on('connect', () => {
       if (!mine()) return;
       this.state.everConnected = true;
@@ -152,11 +142,7 @@ export class Link {
       this.#set(this.state.everConnected ? 'disconnected' : 'connecting', this.state.error);
     });
     c.on('close', () => {
-      if (!mine()) return;
-      if (this.state.state === 'connected') this.#set('disconnected', this.state.error);
-      // Before MQTT.js tries again (in RECONNECT_MS): the broker may have
-      // been down, or its certificate not yet trusted, at the last preflight.
-      if (tls) preflight(this.url);
+      if (mine() && this.state.state === 'connected') this.#set('disconnected', this.state.error);
     });
     c.on('offline', () => {
       if (mine()) this.#set(this.state.everConnected ? 'disconnected' : 'connecting', this.state.error);
@@ -320,31 +306,6 @@ export function grants(c, filters) {
       else resolve(filters.map(() => true));
     });
   });
-}
-
-/** PREFLIGHT_MS bounds a preflight request (a host that drops packets). */
-const PREFLIGHT_MS = 3000;
-
-/**
- * preflight makes an ordinary HTTPS request to a wss:// listener and
- * ignores the answer (the listener answers it 400); it resolves when that
- * is done or has failed, within PREFLIGHT_MS.
- *
- * Chromium cannot settle a request for a client certificate during a
- * WebSocket handshake: when a TLS server asks for one, even an optional
- * one (tether server does, for devices that have one), it cancels the
- * handshake ("WebSocket opening handshake was canceled") unless an ordinary
- * request to the same host and port already settled it. This request
- * settles it: it carries no credentials, so the browser goes on without a
- * certificate and remembers that for the host and port. Other browsers
- * need none of this, and lose only a request.
- */
-export function preflight(url) {
-  const ctl = new AbortController();
-  const timer = setTimeout(() => ctl.abort(), PREFLIGHT_MS);
-  return fetch(url.replace(/^wss:/, 'https:') + '/', { mode: 'no-cors', cache: 'no-store', credentials: 'omit', signal: ctl.signal })
-    .then(() => true, () => false)
-    .finally(() => clearTimeout(timer));
 }
 
 /**
