@@ -77,6 +77,8 @@ type Broker struct {
 	hooksGate gate
 	logGate   gate
 
+	inlineSubs atomic.Int32 // inline subscription ids
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -197,11 +199,13 @@ func serverOptions(log *slog.Logger) *mqtt.Options {
 		// $SYS counters are republished, and with storage written to bbolt
 		// with an fsync, every interval; the default is every second.
 		SysTopicResendInterval: 60,
-		// Everything, the planner included, connects as a network client, so
-		// every publish goes through authentication and ACLs; the inline
-		// client would bypass ACLs and run subscribers on the publisher's
-		// goroutine.
-		InlineClient: false,
+		// The server's planner is the inline client (see InlineSubscribe):
+		// a network client's queue (MaximumClientWritesPending) overflows
+		// when thousands of retained device messages match one of its
+		// filters at once, and mochi drops what does not fit. Every other
+		// client connects over the network, through authentication and
+		// ACLs.
+		InlineClient: true,
 		Logger:       log,
 	}
 }
@@ -297,6 +301,24 @@ func (b *Broker) Start() error {
 		Str("data_dir", b.cfg.DataDir).Bool("persistent", b.store != nil).
 		Msg("broker started")
 	return nil
+}
+
+// InlinePublish publishes as the broker's own inline client: no network, no
+// ACL (it is the server itself). A retained message is stored before it
+// returns.
+func (b *Broker) InlinePublish(topic string, payload []byte, retain bool, qos byte) error {
+	return b.srv.Publish(topic, payload, retain, qos)
+}
+
+// InlineSubscribe subscribes the broker's own inline client to filter: fn
+// gets the retained messages that match before InlineSubscribe returns,
+// then every later message, on the publisher's goroutine, so it must not
+// block (bus.Inline queues). No message is dropped for a slow reader.
+func (b *Broker) InlineSubscribe(filter string, fn func(topic string, payload []byte, retained bool)) error {
+	id := int(b.inlineSubs.Add(1))
+	return b.srv.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+	})
 }
 
 // Disconnect closes the connection of every client for which match returns
