@@ -70,6 +70,9 @@ func (x externalFlags) config(cmd *cobra.Command, brokerURL string) (*server.Ext
 	if set := changedFlags(cmd, embeddedOnly); len(set) > 0 {
 		return nil, fmt.Errorf("%s: these configure the embedded broker, which --broker replaces; configure listeners and TLS on the external broker", strings.Join(set, ", "))
 	}
+	if !cmd.Flags().Changed("broker-password") {
+		x.password = os.Getenv("TETHER_BROKER_PASSWORD")
+	}
 	ext := &server.ExternalBroker{URL: brokerURL, Username: x.username, Password: x.password,
 		DashboardWSPort: x.dashboardWSPort, DashboardWSTLS: x.dashboardWSTLS}
 	if x.caFile != "" || x.certFile != "" || x.keyFile != "" {
@@ -157,7 +160,9 @@ desired state is signed all the same. See docs/brokers.md.`,
 	cmd.Flags().BoolVar(&plaintext, "insecure-plaintext", false, "serve MQTT and WebSocket without TLS (trusted networks and tests only)")
 	cmd.Flags().BoolVar(&insecure, "insecure-allow-anonymous", false, "let any client connect without credentials and use any topic (trusted networks and tests only)")
 	cmd.Flags().StringVar(&x.username, "broker-username", "", "with --broker: the planner's username at the external broker")
-	cmd.Flags().StringVar(&x.password, "broker-password", os.Getenv("TETHER_BROKER_PASSWORD"), "with --broker: the planner's password at the external broker (env TETHER_BROKER_PASSWORD)")
+	// The environment is read when the flag is not given, not as the flag's
+	// default, which --help would print.
+	cmd.Flags().StringVar(&x.password, "broker-password", "", "with --broker: the planner's password at the external broker (env TETHER_BROKER_PASSWORD)")
 	cmd.Flags().StringVar(&x.caFile, "broker-ca-file", "", "with --broker: CA (PEM) to check a mqtts:// or wss:// broker against (default: the system's roots)")
 	cmd.Flags().StringVar(&x.certFile, "broker-cert-file", "", "with --broker: the planner's client certificate (PEM), for brokers that take them")
 	cmd.Flags().StringVar(&x.keyFile, "broker-key-file", "", "with --broker: key of --broker-cert-file (PEM)")

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/tether-edge/tether/internal/pki"
 )
 
@@ -47,21 +48,32 @@ func TestServerBrokerFlags(t *testing.T) {
 	}
 }
 
-// TETHER_BROKER_PASSWORD alone, as set for the whole environment, does not
-// make a server without --broker fail.
+// TETHER_BROKER_PASSWORD is read with --broker only, and is no flag
+// default that --help would show.
 func TestServerBrokerPasswordEnv(t *testing.T) {
-	t.Setenv("TETHER_BROKER_PASSWORD", "x")
-	t.Setenv("TETHER_BROKER", "mqtt://127.0.0.1:1")
-	root := newRoot()
-	cmd, _, err := root.Find([]string{"server"})
-	if err != nil {
-		t.Fatal(err)
+	t.Setenv("TETHER_BROKER_PASSWORD", "s3cret")
+	out, err := runTether(t, "server", "--help")
+	if err != nil || strings.Contains(out, "s3cret") {
+		t.Errorf("server --help shows the password from the environment (%v):\n%s", err, out)
 	}
-	if err := cmd.ParseFlags([]string{"--data-dir", t.TempDir()}); err != nil {
-		t.Fatal(err)
+	parse := func(args ...string) (*cobra.Command, externalFlags) {
+		t.Helper()
+		root := newRoot()
+		cmd, _, err := root.Find([]string{"server"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.ParseFlags(args); err != nil {
+			t.Fatal(err)
+		}
+		return cmd, externalFlags{}
 	}
-	ext, err := externalFlags{password: "x"}.config(cmd, "mqtt://127.0.0.1:1")
-	if err != nil || ext != nil {
-		t.Fatalf("without --broker: %+v, %v; want the embedded broker", ext, err)
+	cmd, x := parse("--data-dir", t.TempDir())
+	if ext, err := x.config(cmd, "mqtt://127.0.0.1:1"); err != nil || ext != nil {
+		t.Errorf("without --broker: %+v, %v; want the embedded broker", ext, err)
+	}
+	cmd, x = parse("--broker", "mqtt://127.0.0.1:1")
+	if ext, err := x.config(cmd, "mqtt://127.0.0.1:1"); err != nil || ext == nil || ext.Password != "s3cret" {
+		t.Errorf("with --broker: %+v, %v; want the password from TETHER_BROKER_PASSWORD", ext, err)
 	}
 }
