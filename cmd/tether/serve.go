@@ -48,7 +48,7 @@ var (
 	externalOnly = []string{"broker-username", "broker-password", "broker-ca-file", "broker-cert-file", "broker-key-file", "dashboard-ws-port", "dashboard-ws-tls"}
 )
 
-// changedFlags are those of names given on the command line.
+// changedFlags are the flags among names given on the command line.
 func changedFlags(cmd *cobra.Command, names []string) []string {
 	var out []string
 	for _, n := range names {
@@ -59,7 +59,7 @@ func changedFlags(cmd *cobra.Command, names []string) []string {
 	return out
 }
 
-// external is the external broker --broker asks for, nil without it.
+// config is the external broker --broker asks for; nil without --broker.
 func (x externalFlags) config(cmd *cobra.Command, brokerURL string) (*server.ExternalBroker, error) {
 	if !cmd.Flags().Changed("broker") {
 		if set := changedFlags(cmd, externalOnly); len(set) > 0 {
