@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,10 +41,41 @@ type Config struct {
 	// InsecureAllowAnonymous lets anyone in without credentials.
 	InsecureAllowAnonymous bool
 	// TLS, when set, secures the MQTT and WebSocket listeners.
-	TLS    *tls.Config
-	Topics protocol.Topics
-	Log    zerolog.Logger
+	TLS *tls.Config
+	// External, when set, runs the planner against that broker instead of
+	// an embedded one; MQTTAddr, WSAddr, Dev, InsecureAllowAnonymous and
+	// TLS must then be left empty, as they configure the embedded broker.
+	External *ExternalBroker
+	Topics   protocol.Topics
+	Log      zerolog.Logger
 }
+
+// ExternalBroker is a broker the server does not run (Mosquitto, EMQX,
+// VerneMQ, HiveMQ, ...). Credentials and topic ACLs of every client are
+// that broker's job, so the server keeps no identities: its admin topics
+// answer identity operations with errExternalBroker. Desired state is
+// signed all the same.
+type ExternalBroker struct {
+	// URL of the broker: mqtt://, mqtts://, ws:// or wss:// (see
+	// bus.NormalizeURL).
+	URL string
+	// Username and Password of the planner's own connection, which needs
+	// read and write access to everything under the topic root.
+	Username, Password string
+	// TLS for a mqtts:// or wss:// URL (see internal/pki.ClientConfig);
+	// nil checks the broker against the system's roots.
+	TLS *tls.Config
+	// DashboardWSPort is the port of the broker's MQTT-over-WebSocket
+	// listener that the dashboard page connects to (on the host the page
+	// was loaded from); 0 makes the page say there is none.
+	// DashboardWSTLS says that listener speaks TLS (wss://).
+	DashboardWSPort int
+	DashboardWSTLS  bool
+}
+
+// errExternalBroker answers the admin operations that manage identities
+// on a server whose broker is external.
+var errExternalBroker = errors.New("this server uses an external broker: manage credentials and ACLs there, see docs/brokers.md")
 
 // Files a server writes into its data dir for the people and devices that
 // use it.
@@ -60,17 +92,59 @@ const (
 // identity (the default of tether server).
 func (c Config) secure() bool { return !c.Dev && !c.InsecureAllowAnonymous }
 
-// Endpoints are the addresses a started server listens on.
+// check rejects settings of the embedded broker given together with an
+// external one: they would silently do nothing.
+func (c Config) check() error {
+	if c.External == nil {
+		return nil
+	}
+	var set []string
+	for _, f := range []struct {
+		name string
+		on   bool
+	}{
+		{"MQTTAddr", c.MQTTAddr != ""}, {"WSAddr", c.WSAddr != ""}, {"Dev", c.Dev},
+		{"InsecureAllowAnonymous", c.InsecureAllowAnonymous}, {"TLS", c.TLS != nil},
+	} {
+		if f.on {
+			set = append(set, f.name)
+		}
+	}
+	if len(set) > 0 {
+		return fmt.Errorf("external broker: %s configure the embedded broker; leave them out", strings.Join(set, ", "))
+	}
+	if c.External.URL == "" {
+		return errors.New("external broker: URL required")
+	}
+	if _, err := bus.NormalizeURL(c.External.URL); err != nil {
+		return fmt.Errorf("external broker: %w", err)
+	}
+	if p := c.External.DashboardWSPort; p < 0 || p > 65535 {
+		return fmt.Errorf("external broker: dashboard WebSocket port %d: want 0-65535", p)
+	}
+	return nil
+}
+
+// Endpoints are the addresses a started server listens on, or with an
+// external broker the addresses of that broker.
 type Endpoints struct {
 	MQTT string `json:"mqtt"` // host:port
 	WS   string `json:"ws,omitempty"`
 	HTTP string `json:"http,omitempty"`
 	TLS  bool   `json:"tls,omitempty"`
+	// WSTLS says the WebSocket listener speaks TLS (wss://).
+	WSTLS bool `json:"ws_tls,omitempty"`
+	// External is the external broker's URL, without credentials; "" with
+	// the embedded broker.
+	External string `json:"external,omitempty"`
 }
 
 // MQTTURL is the broker URL clients should use.
 func (e Endpoints) MQTTURL() string {
-	if e.TLS {
+	switch {
+	case e.External != "":
+		return e.External
+	case e.TLS:
 		return "mqtts://" + e.MQTT
 	}
 	return "mqtt://" + e.MQTT
@@ -95,11 +169,15 @@ type Server struct {
 
 const plannerUser = "tether-planner"
 
-// Start opens the store, starts the broker and the planner, and returns
-// once all listen.
+// Start opens the store, starts the broker (unless cfg.External names
+// one) and the planner, and returns once all listen and the planner is
+// connected.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("data dir: required")
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -116,11 +194,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
-	secret := make([]byte, 24)
-	if _, err := rand.Read(secret); err != nil {
-		return nil, err
-	}
-	password := hex.EncodeToString(secret)
 	if s.registry, err = identity.Open(st, nil); err != nil {
 		return nil, err
 	}
@@ -130,6 +203,83 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.writePlannerKeys(); err != nil {
 		return nil, err
 	}
+	pc, err := s.startBroker()
+	if err != nil {
+		return nil, err
+	}
+	pc.ClientID = bus.RandomID("tether-planner-")
+	pc.CleanSession = true // everything the planner needs is retained or in its store
+	pc.Log = cfg.Log.With().Str("part", "planner-mqtt").Logger()
+	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	client, err := bus.Dial(dctx, pc)
+	cancel()
+	if err != nil {
+		if cfg.External != nil {
+			return nil, fmt.Errorf("planner connect to the external broker: %w", err)
+		}
+		return nil, fmt.Errorf("planner connect to embedded broker: %w", err)
+	}
+	s.client = client
+
+	if cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err)
+		}
+		s.httpLn = ln
+		s.endpoints.HTTP = ln.Addr().String()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", s.healthz)
+		wsPort := 0 // the page says there is no WebSocket listener
+		if ws := s.endpoints.WS; ws != "" {
+			_, port, _ := net.SplitHostPort(ws)
+			wsPort, _ = strconv.Atoi(port)
+		}
+		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, WSTLS: s.endpoints.WSTLS, TopicRoot: cfg.Topics.Root}))
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = s.http.Serve(ln) }()
+	}
+
+	p := planner.New(planner.Config{
+		Bus:    client,
+		Store:  st,
+		Topics: cfg.Topics,
+		Log:    cfg.Log.With().Str("part", "planner").Logger(),
+		Sign:   s.registry.Sign,
+	})
+	pctx, pcancel := context.WithCancel(context.Background())
+	s.cancel = pcancel
+	adm := &admin{reg: s.registry, bus: client, topics: cfg.Topics, keysChanged: s.writePlannerKeys, external: cfg.External != nil,
+		log: cfg.Log.With().Str("part", "admin").Logger()}
+	if err := adm.start(pctx); err != nil {
+		return nil, fmt.Errorf("admin topics: %w", err)
+	}
+	go func() {
+		s.err = p.Run(pctx)
+		if s.err != nil {
+			s.log.Error().Err(s.err).Msg("planner stopped")
+		}
+		close(s.done)
+	}()
+	ok = true
+	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
+	return s, nil
+}
+
+// startBroker starts the embedded broker, or with an external broker
+// only notes where it is, and returns how the planner connects to it.
+func (s *Server) startBroker() (bus.Config, error) {
+	cfg := s.cfg
+	if ext := cfg.External; ext != nil {
+		s.endpoints = externalEndpoints(*ext)
+		s.log.Info().Str("broker", s.endpoints.External).Msg("using an external broker: no embedded broker, no identities")
+		return bus.Config{Brokers: []string{ext.URL}, TLS: ext.TLS, Username: ext.Username, Password: ext.Password}, nil
+	}
+	secret := make([]byte, 24)
+	if _, err := rand.Read(secret); err != nil {
+		return bus.Config{}, err
+	}
+	password := hex.EncodeToString(secret)
 	bcfg := broker.Config{
 		DataDir:  filepath.Join(cfg.DataDir, "broker"),
 		MQTTAddr: cfg.MQTTAddr,
@@ -150,7 +300,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
 		}
 		if err := s.bootstrapOperator(); err != nil {
-			return nil, err
+			return bus.Config{}, err
 		}
 	} else {
 		bcfg.AllowAnonymousLoopback = cfg.Dev
@@ -159,7 +309,7 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	b, err := broker.New(bcfg)
 	if err != nil {
-		return nil, err
+		return bus.Config{}, err
 	}
 	s.broker = b
 	s.registry.OnRevoke = func(p protocol.Principal) {
@@ -174,73 +324,33 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		s.log.Info().Str("role", string(p.Role)).Str("principal", p.Name).Int("disconnected", n).Msg("revoked")
 	}
 	if err := b.Start(); err != nil {
-		return nil, err
+		return bus.Config{}, err
 	}
-	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil}
-	plannerURL, plannerTLS := "tcp://"+b.MQTTAddr(), (*tls.Config)(nil)
+	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil, WSTLS: cfg.TLS != nil}
+	pc := bus.Config{Brokers: []string{"tcp://" + b.MQTTAddr()}, Username: plannerUser, Password: password}
 	if cfg.TLS != nil {
-		plannerURL, plannerTLS = "ssl://"+b.MQTTAddr(), pinnedTLS(cfg.TLS)
+		pc.Brokers, pc.TLS = []string{"ssl://" + b.MQTTAddr()}, pinnedTLS(cfg.TLS)
 	}
+	return pc, nil
+}
 
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	client, err := bus.Dial(dctx, bus.Config{
-		Brokers:      []string{plannerURL},
-		TLS:          plannerTLS,
-		ClientID:     bus.RandomID("tether-planner-"),
-		Username:     plannerUser,
-		Password:     password,
-		CleanSession: true, // everything the planner needs is retained or in its store
-		Log:          cfg.Log.With().Str("part", "planner-mqtt").Logger(),
-	})
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("planner connect to embedded broker: %w", err)
+// externalEndpoints describes an external broker (its URL already
+// checked by Config.check) as Endpoints, without any credentials the URL
+// may carry.
+func externalEndpoints(ext ExternalBroker) Endpoints {
+	raw := ext.URL
+	if !strings.Contains(raw, "://") {
+		raw = "mqtt://" + raw
 	}
-	s.client = client
-
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return nil, fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err)
-		}
-		s.httpLn = ln
-		s.endpoints.HTTP = ln.Addr().String()
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", s.healthz)
-		wsPort := 0 // the page says there is no WebSocket listener
-		if ws := s.endpoints.WS; ws != "" {
-			_, port, _ := net.SplitHostPort(ws)
-			wsPort, _ = strconv.Atoi(port)
-		}
-		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, WSTLS: cfg.TLS != nil, TopicRoot: cfg.Topics.Root}))
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = s.http.Serve(ln) }()
+	u, _ := url.Parse(raw)
+	u.User = nil
+	norm, _ := bus.NormalizeURL(raw)
+	ep := Endpoints{MQTT: u.Host, External: u.String(), WSTLS: ext.DashboardWSTLS,
+		TLS: strings.HasPrefix(norm, "ssl://") || strings.HasPrefix(norm, "wss://")}
+	if ext.DashboardWSPort > 0 {
+		ep.WS = net.JoinHostPort(u.Hostname(), strconv.Itoa(ext.DashboardWSPort))
 	}
-
-	p := planner.New(planner.Config{
-		Bus:    client,
-		Store:  st,
-		Topics: cfg.Topics,
-		Log:    cfg.Log.With().Str("part", "planner").Logger(),
-		Sign:   s.registry.Sign,
-	})
-	pctx, pcancel := context.WithCancel(context.Background())
-	s.cancel = pcancel
-	adm := &admin{reg: s.registry, bus: client, topics: cfg.Topics, keysChanged: s.writePlannerKeys,
-		log: cfg.Log.With().Str("part", "admin").Logger()}
-	if err := adm.start(pctx); err != nil {
-		return nil, fmt.Errorf("admin topics: %w", err)
-	}
-	go func() {
-		s.err = p.Run(pctx)
-		if s.err != nil {
-			s.log.Error().Err(s.err).Msg("planner stopped")
-		}
-		close(s.done)
-	}()
-	ok = true
-	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
-	return s, nil
+	return ep
 }
 
 // pinnedTLS is the planner's client side of the broker's own TLS: it
