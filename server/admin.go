@@ -18,7 +18,7 @@ import (
 // token the device authenticated with), so admin trusts the topic.
 type admin struct {
 	reg         *identity.Registry
-	bus         *bus.Client
+	bus         plannerConn
 	topics      protocol.Topics
 	log         zerolog.Logger
 	keysChanged func() error

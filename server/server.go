@@ -1,13 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -156,7 +152,7 @@ type Server struct {
 	log       zerolog.Logger
 	broker    *broker.Broker
 	store     *store.Store
-	client    *bus.Client
+	client    plannerConn
 	http      *http.Server
 	httpLn    net.Listener
 	endpoints Endpoints
@@ -166,8 +162,6 @@ type Server struct {
 	done      chan struct{} // closed when the planner stops
 	err       error         // why it stopped; read after done is closed
 }
-
-const plannerUser = "tether-planner"
 
 // Start opens the store, starts the broker (unless cfg.External names
 // one) and the planner, and returns once all listen and the planner is
@@ -203,21 +197,9 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.writePlannerKeys(); err != nil {
 		return nil, err
 	}
-	pc, err := s.startBroker()
+	client, err := s.startBroker(ctx)
 	if err != nil {
 		return nil, err
-	}
-	pc.ClientID = bus.RandomID("tether-planner-")
-	pc.CleanSession = true // everything the planner needs is retained or in its store
-	pc.Log = cfg.Log.With().Str("part", "planner-mqtt").Logger()
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	client, err := bus.Dial(dctx, pc)
-	cancel()
-	if err != nil {
-		if cfg.External != nil {
-			return nil, fmt.Errorf("planner connect to the external broker: %w", err)
-		}
-		return nil, fmt.Errorf("planner connect to embedded broker: %w", err)
 	}
 	s.client = client
 
@@ -266,50 +248,52 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// startBroker starts the embedded broker, or with an external broker
-// only notes where it is, and returns how the planner connects to it.
-func (s *Server) startBroker() (bus.Config, error) {
+// startBroker starts the embedded broker and returns the planner's inline
+// client of it, or connects the planner to the external broker.
+func (s *Server) startBroker(ctx context.Context) (plannerConn, error) {
 	cfg := s.cfg
 	if ext := cfg.External; ext != nil {
 		s.endpoints = externalEndpoints(*ext)
 		s.log.Info().Str("broker", s.endpoints.External).Msg("using an external broker: no embedded broker, no identities")
-		return bus.Config{Brokers: []string{ext.URL}, TLS: ext.TLS, Username: ext.Username, Password: ext.Password}, nil
+		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		c, err := bus.Dial(dctx, bus.Config{
+			Brokers: []string{ext.URL}, TLS: ext.TLS, Username: ext.Username, Password: ext.Password,
+			ClientID:     bus.RandomID("tether-planner-"),
+			CleanSession: true, // everything the planner needs is retained or in its store
+			Log:          cfg.Log.With().Str("part", "planner-mqtt").Logger(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("planner connect to the external broker: %w", err)
+		}
+		return c, nil
 	}
-	secret := make([]byte, 24)
-	if _, err := rand.Read(secret); err != nil {
-		return bus.Config{}, err
-	}
-	password := hex.EncodeToString(secret)
 	bcfg := broker.Config{
 		DataDir:  filepath.Join(cfg.DataDir, "broker"),
 		MQTTAddr: cfg.MQTTAddr,
 		WSAddr:   cfg.WSAddr,
 		TLS:      cfg.TLS,
 		Log:      cfg.Log.With().Str("part", "broker").Logger(),
-		Retainable: func(p broker.Peer, topic string) bool {
-			return p.Username == plannerUser || cfg.Topics.Retainable(topic)
-		},
+		// The planner publishes inline: these apply to network clients.
+		Retainable: func(_ broker.Peer, topic string) bool { return cfg.Topics.Retainable(topic) },
 	}
 	if cfg.secure() {
-		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, plannerUser, password, cfg.Log.With().Str("part", "acl").Logger())
+		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, cfg.Log.With().Str("part", "acl").Logger())
 		bcfg.Authenticator = s.auth
 		// Floods are bounded per identity; dev and anonymous servers have
 		// none to bound (and load tests publish fast through them).
-		bcfg.PublishLimit = &broker.PublishLimit{
-			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
-			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
-		}
+		limit := broker.DefaultPublishLimit
+		bcfg.PublishLimit = &limit
 		if err := s.bootstrapOperator(); err != nil {
-			return bus.Config{}, err
+			return nil, err
 		}
 	} else {
 		bcfg.AllowAnonymousLoopback = cfg.Dev
 		bcfg.AllowAnonymous = cfg.InsecureAllowAnonymous
-		bcfg.Users = map[string]string{plannerUser: password}
 	}
 	b, err := broker.New(bcfg)
 	if err != nil {
-		return bus.Config{}, err
+		return nil, err
 	}
 	s.broker = b
 	s.registry.OnRevoke = func(p protocol.Principal) {
@@ -324,14 +308,18 @@ func (s *Server) startBroker() (bus.Config, error) {
 		s.log.Info().Str("role", string(p.Role)).Str("principal", p.Name).Int("disconnected", n).Msg("revoked")
 	}
 	if err := b.Start(); err != nil {
-		return bus.Config{}, err
+		return nil, err
 	}
 	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil, WSTLS: cfg.TLS != nil}
-	pc := bus.Config{Brokers: []string{"tcp://" + b.MQTTAddr()}, Username: plannerUser, Password: password}
-	if cfg.TLS != nil {
-		pc.Brokers, pc.TLS = []string{"ssl://" + b.MQTTAddr()}, pinnedTLS(cfg.TLS)
-	}
-	return pc, nil
+	return bus.NewInline(b), nil
+}
+
+// plannerConn is how the planner and the admin topics reach the broker: the
+// embedded broker's inline client, or a network client of an external one.
+type plannerConn interface {
+	planner.Bus
+	IsConnected() bool
+	Close()
 }
 
 // externalEndpoints describes an external broker (its URL already
@@ -351,25 +339,6 @@ func externalEndpoints(ext ExternalBroker) Endpoints {
 		ep.WS = net.JoinHostPort(u.Hostname(), strconv.Itoa(ext.DashboardWSPort))
 	}
 	return ep
-}
-
-// pinnedTLS is the planner's client side of the broker's own TLS: it
-// trusts exactly the broker's certificate, whatever CA issued it.
-func pinnedTLS(server *tls.Config) *tls.Config {
-	var leaf []byte
-	if len(server.Certificates) > 0 && len(server.Certificates[0].Certificate) > 0 {
-		leaf = server.Certificates[0].Certificate[0]
-	}
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // replaced by the pin below
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 || leaf == nil || !bytes.Equal(raw[0], leaf) {
-				return errors.New("the broker's certificate is not the one this server loaded")
-			}
-			return nil
-		},
-	}
 }
 
 // PlannerKeys returns the planner's public keys, the current one last.
