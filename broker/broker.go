@@ -77,6 +77,8 @@ type Broker struct {
 	hooksGate gate
 	logGate   gate
 
+	inlineSubs atomic.Int32 // inline subscription ids
+
 	mu      sync.Mutex
 	started bool
 	closed  bool
@@ -166,16 +168,44 @@ func serverOptions(log *slog.Logger) *mqtt.Options {
 	// 256 MB per connection). Documents here are kilobytes.
 	caps.MaximumPacketSize = 1 << 20
 
+	// mochi's default, kept on purpose although it is most of what a device
+	// costs: every client, connected or offline with a persistent session,
+	// gets an outbound queue of this capacity, allocated in full, 8 bytes a
+	// slot: 64 KiB of the 99 KB of heap and stack an idle edged costs
+	// (BenchmarkIdleDevices; 256 slots would make it 36 KB, of which 24.6 KB
+	// are the stacks of its two goroutines, which no option changes). But
+	// mochi queues all the retained messages a SUBSCRIBE matches at once and
+	// drops, without a log line, what does not fit, and the planner's device
+	// state filters match one message per device. A subscriber to 5,000
+	// retained messages lost 721 of them with 1,024 slots and 942 with 2,048;
+	// of 10,000, 224-520 with 4,096 and none with 8,192
+	// (TestRetainedBurstFitsTheQueue guards 5,000). Lower it only once the
+	// planner reads retained state without going through this queue.
+	caps.MaximumClientWritesPending = 8192
+
 	return &mqtt.Options{
 		Capabilities: caps,
+		// mochi reads through a bufio.Reader of this size that lives as long
+		// as the connection (default 2 KiB). It only batches reads: a packet
+		// longer than the buffer is read into its own slice, so the size
+		// limits nothing. 512 bytes saved 1.5 KB per device and still take
+		// a hundred PUBACKs in one read.
+		ClientNetReadBufferSize: 512,
+		// Not a buffer kept per client: mochi allocates its write buffer only
+		// while packets are queued and frees it after flushing, and flushes
+		// when it holds this much. Larger sizes did not drain a burst of
+		// retained messages faster. mochi's default.
+		ClientNetWriteBufferSize: 2048,
 		// $SYS counters are republished, and with storage written to bbolt
 		// with an fsync, every interval; the default is every second.
 		SysTopicResendInterval: 60,
-		// Everything, the planner included, connects as a network client, so
-		// every publish goes through authentication and ACLs; the inline
-		// client would bypass ACLs and run subscribers on the publisher's
-		// goroutine.
-		InlineClient: false,
+		// The server's planner is the inline client (see InlineSubscribe):
+		// a network client's queue (MaximumClientWritesPending) overflows
+		// when thousands of retained device messages match one of its
+		// filters at once, and mochi drops what does not fit. Every other
+		// client connects over the network, through authentication and
+		// ACLs.
+		InlineClient: true,
 		Logger:       log,
 	}
 }
@@ -223,12 +253,27 @@ func (b *Broker) setup(auth Authenticator) error {
 		return fmt.Errorf("mqtt listener %s: %w", b.cfg.MQTTAddr, err)
 	}
 	if b.cfg.WSAddr != "" {
-		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr, b.cfg.TLS), timeout: connectTimeout}
+		b.ws = connectDeadline{Listener: newWSListener(ListenerWS, b.cfg.WSAddr, wsTLS(b.cfg.TLS)), timeout: connectTimeout}
 		if err := b.srv.AddListener(b.ws); err != nil {
 			return fmt.Errorf("websocket listener %s: %w", b.cfg.WSAddr, err)
 		}
 	}
 	return nil
+}
+
+// wsTLS is the WebSocket listener's TLS: the same certificate, but no
+// request for a client certificate. Chromium cannot answer such a request,
+// even an optional one, during a WebSocket handshake and cancels it, so a
+// dashboard could never connect; devices with certificates use MQTT over
+// TCP.
+func wsTLS(c *tls.Config) *tls.Config {
+	if c == nil {
+		return nil
+	}
+	c = c.Clone()
+	c.ClientAuth = tls.NoClientCert
+	c.ClientCAs = nil
+	return c
 }
 
 // Start loads persisted sessions and retained messages and starts accepting
@@ -256,6 +301,24 @@ func (b *Broker) Start() error {
 		Str("data_dir", b.cfg.DataDir).Bool("persistent", b.store != nil).
 		Msg("broker started")
 	return nil
+}
+
+// InlinePublish publishes as the broker's own inline client: no network, no
+// ACL (it is the server itself). A retained message is stored before it
+// returns.
+func (b *Broker) InlinePublish(topic string, payload []byte, retain bool, qos byte) error {
+	return b.srv.Publish(topic, payload, retain, qos)
+}
+
+// InlineSubscribe subscribes the broker's own inline client to filter: fn
+// gets the retained messages that match before InlineSubscribe returns,
+// then every later message, on the publisher's goroutine, so it must not
+// block (bus.Inline queues). No message is dropped for a slow reader.
+func (b *Broker) InlineSubscribe(filter string, fn func(topic string, payload []byte, retained bool)) error {
+	id := int(b.inlineSubs.Add(1))
+	return b.srv.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)
+	})
 }
 
 // Disconnect closes the connection of every client for which match returns

@@ -287,7 +287,7 @@ func TestServerOptions(t *testing.T) {
 	if got := o.SysTopicResendInterval; got != 60 {
 		t.Errorf("SysTopicResendInterval = %d, want 60", got)
 	}
-	if o.InlineClient {
-		t.Error("InlineClient is on")
+	if !o.InlineClient {
+		t.Error("InlineClient is off: the server's planner reads through it")
 	}
 }

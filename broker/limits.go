@@ -12,12 +12,10 @@ import (
 // PublishLimit bounds how fast one client may publish: a burst, then Rate
 // messages a second. A client over it is disconnected (MQTT 5: quota
 // exceeded) and the message dropped; the flood is logged once per client
-// and minute. Clients for which Exempt returns true (the planner) are not
-// limited.
+// and minute. The inline client (the server's planner) is not limited.
 type PublishLimit struct {
-	Rate   float64
-	Burst  int
-	Exempt func(Peer) bool
+	Rate  float64
+	Burst int
 }
 
 // DefaultPublishLimit lets a device that comes back after a long time
@@ -47,7 +45,7 @@ func (h *publishLimitHook) Provides(b byte) bool {
 }
 
 func (h *publishLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || h.limit.Exempt != nil && h.limit.Exempt(peerOf(cl)) {
+	if cl.Net.Inline {
 		return pk, nil
 	}
 	now := time.Now()

@@ -28,7 +28,8 @@ type Config struct {
 	// WSTLS says that the WebSocket listener speaks TLS: the page then
 	// connects with wss:// even when the page itself came over plain http
 	// (from 127.0.0.1, say). The listener's certificate must be valid for
-	// the host name the page was opened with. The page also uses wss://
+	// the host name the page was opened with, and the browser must trust its
+	// CA (see README.md, Signing in). The page also uses wss://
 	// whenever it was itself loaded over https, as browsers refuse ws://
 	// from an https page.
 	WSTLS bool

@@ -1,8 +1,6 @@
 package identity
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"net"
 	"sync"
@@ -15,24 +13,20 @@ import (
 
 // Authenticator is the broker's gatekeeper on a secure server: identities
 // from the Registry, topic rules from protocol.Topics.Allowed, default deny.
-// The planner's own connection uses a fixed internal user.
+// The planner is the broker's inline client and never asks.
 type Authenticator struct {
 	reg    *Registry
 	topics protocol.Topics
 	log    zerolog.Logger
-
-	plannerUser string
-	plannerPass [sha256.Size]byte
 
 	limits   *connectLimiter // successful logins per identity
 	failures *connectLimiter // failed logins per remote address and identity
 }
 
 // NewAuthenticator returns the broker policy for a secure server.
-func NewAuthenticator(reg *Registry, topics protocol.Topics, plannerUser, plannerPassword string, log zerolog.Logger) *Authenticator {
+func NewAuthenticator(reg *Registry, topics protocol.Topics, log zerolog.Logger) *Authenticator {
 	return &Authenticator{
 		reg: reg, topics: topics, log: log,
-		plannerUser: plannerUser, plannerPass: sha256.Sum256([]byte(plannerPassword)),
 		limits:   newConnectLimiter(connectBurst, connectEvery),
 		failures: newConnectLimiter(failureBurst, failureEvery),
 	}
@@ -60,13 +54,6 @@ var (
 
 // Authenticate implements broker.Authenticator.
 func (a *Authenticator) Authenticate(p broker.Peer, password []byte) error {
-	if p.Username == a.plannerUser && a.plannerUser != "" {
-		got := sha256.Sum256(password)
-		if subtle.ConstantTimeCompare(got[:], a.plannerPass[:]) == 1 {
-			return nil
-		}
-		return ErrBadCredentials
-	}
 	who := p.Username
 	if who == "" {
 		who = "cert:" + p.CertCommonName
@@ -95,9 +82,6 @@ func (a *Authenticator) Authenticate(p broker.Peer, password []byte) error {
 
 // Authorize implements broker.Authenticator.
 func (a *Authenticator) Authorize(p broker.Peer, topic string, write bool) bool {
-	if p.Username == a.plannerUser && a.plannerUser != "" {
-		return true
-	}
 	pr, ok := a.reg.Principal(p.Username, p.CertCommonName)
 	if !ok {
 		return false
@@ -115,9 +99,6 @@ func (a *Authenticator) Authorize(p broker.Peer, topic string, write bool) bool 
 
 // Principal reports who an authenticated peer is.
 func (a *Authenticator) Principal(p broker.Peer) (protocol.Principal, bool) {
-	if p.Username == a.plannerUser && a.plannerUser != "" {
-		return protocol.Principal{Role: protocol.RolePlanner, Name: p.Username}, true
-	}
 	return a.reg.Principal(p.Username, p.CertCommonName)
 }
 

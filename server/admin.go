@@ -18,10 +18,13 @@ import (
 // token the device authenticated with), so admin trusts the topic.
 type admin struct {
 	reg         *identity.Registry
-	bus         *bus.Client
+	bus         plannerConn
 	topics      protocol.Topics
 	log         zerolog.Logger
 	keysChanged func() error
+	// external: the broker is not ours, so identities are not ours to
+	// manage (errExternalBroker); the signing keys still are.
+	external bool
 
 	// Operators' requests and devices' enrollments queue apart, so that a
 	// flood of enrollment requests cannot starve the operators.
@@ -116,6 +119,9 @@ func (a *admin) serveAdmin(principal string, payload []byte) protocol.AdminResul
 
 func (a *admin) do(req protocol.AdminRequest) (protocol.AdminResult, error) {
 	var res protocol.AdminResult
+	if a.external && managesIdentities(req.Op) {
+		return res, errExternalBroker
+	}
 	switch req.Op {
 	case protocol.OpTokenCreate:
 		tok, info, err := a.reg.CreateToken(req.Role, req.Name, time.Duration(req.TTL))
@@ -170,6 +176,9 @@ func (a *admin) serveEnroll(token, device string, payload []byte) protocol.Enrol
 	if err == nil && req.Device != device {
 		err = errors.New("device: does not match the topic's device id")
 	}
+	if err == nil && a.external {
+		err = errExternalBroker
+	}
 	if err == nil {
 		res.Labels, err = a.reg.Enroll(token, device, req.Secret)
 	}
@@ -184,4 +193,16 @@ func (a *admin) serveEnroll(token, device string, payload []byte) protocol.Enrol
 	res.OK = true
 	a.log.Info().Str("device", device).Str("enroll_token", token).Msg("device enrolled")
 	return res
+}
+
+// managesIdentities reports whether op creates, lists or revokes
+// credentials: the broker's job when the broker is external.
+func managesIdentities(op protocol.AdminOp) bool {
+	switch op {
+	case protocol.OpTokenCreate, protocol.OpTokenList, protocol.OpTokenRevoke,
+		protocol.OpDeviceAdd, protocol.OpDeviceList, protocol.OpDeviceRevoke,
+		protocol.OpEnrollCreate, protocol.OpEnrollList:
+		return true
+	}
+	return false
 }

@@ -1,18 +1,15 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -40,10 +37,41 @@ type Config struct {
 	// InsecureAllowAnonymous lets anyone in without credentials.
 	InsecureAllowAnonymous bool
 	// TLS, when set, secures the MQTT and WebSocket listeners.
-	TLS    *tls.Config
-	Topics protocol.Topics
-	Log    zerolog.Logger
+	TLS *tls.Config
+	// External, when set, runs the planner against that broker instead of
+	// an embedded one; MQTTAddr, WSAddr, Dev, InsecureAllowAnonymous and
+	// TLS must then be left empty, as they configure the embedded broker.
+	External *ExternalBroker
+	Topics   protocol.Topics
+	Log      zerolog.Logger
 }
+
+// ExternalBroker is a broker the server does not run (Mosquitto, EMQX,
+// VerneMQ, HiveMQ, ...). Credentials and topic ACLs of every client are
+// that broker's job, so the server keeps no identities: its admin topics
+// answer identity operations with errExternalBroker. Desired state is
+// signed all the same.
+type ExternalBroker struct {
+	// URL of the broker: mqtt://, mqtts://, ws:// or wss:// (see
+	// bus.NormalizeURL).
+	URL string
+	// Username and Password of the planner's own connection, which needs
+	// read and write access to everything under the topic root.
+	Username, Password string
+	// TLS for a mqtts:// or wss:// URL (see internal/pki.ClientConfig);
+	// nil checks the broker against the system's roots.
+	TLS *tls.Config
+	// DashboardWSPort is the port of the broker's MQTT-over-WebSocket
+	// listener that the dashboard page connects to (on the host the page
+	// was loaded from); 0 makes the page say there is none.
+	// DashboardWSTLS says that listener speaks TLS (wss://).
+	DashboardWSPort int
+	DashboardWSTLS  bool
+}
+
+// errExternalBroker answers the admin operations that manage identities
+// on a server whose broker is external.
+var errExternalBroker = errors.New("this server uses an external broker: manage credentials and ACLs there, see docs/brokers.md")
 
 // Files a server writes into its data dir for the people and devices that
 // use it.
@@ -60,17 +88,59 @@ const (
 // identity (the default of tether server).
 func (c Config) secure() bool { return !c.Dev && !c.InsecureAllowAnonymous }
 
-// Endpoints are the addresses a started server listens on.
+// check rejects settings of the embedded broker given together with an
+// external one: they would silently do nothing.
+func (c Config) check() error {
+	if c.External == nil {
+		return nil
+	}
+	var set []string
+	for _, f := range []struct {
+		name string
+		on   bool
+	}{
+		{"MQTTAddr", c.MQTTAddr != ""}, {"WSAddr", c.WSAddr != ""}, {"Dev", c.Dev},
+		{"InsecureAllowAnonymous", c.InsecureAllowAnonymous}, {"TLS", c.TLS != nil},
+	} {
+		if f.on {
+			set = append(set, f.name)
+		}
+	}
+	if len(set) > 0 {
+		return fmt.Errorf("external broker: %s configure the embedded broker; leave them out", strings.Join(set, ", "))
+	}
+	if c.External.URL == "" {
+		return errors.New("external broker: URL required")
+	}
+	if _, err := bus.NormalizeURL(c.External.URL); err != nil {
+		return fmt.Errorf("external broker: %w", err)
+	}
+	if p := c.External.DashboardWSPort; p < 0 || p > 65535 {
+		return fmt.Errorf("external broker: dashboard WebSocket port %d: want 0-65535", p)
+	}
+	return nil
+}
+
+// Endpoints are the addresses a started server listens on, or with an
+// external broker the addresses of that broker.
 type Endpoints struct {
 	MQTT string `json:"mqtt"` // host:port
 	WS   string `json:"ws,omitempty"`
 	HTTP string `json:"http,omitempty"`
 	TLS  bool   `json:"tls,omitempty"`
+	// WSTLS says the WebSocket listener speaks TLS (wss://).
+	WSTLS bool `json:"ws_tls,omitempty"`
+	// External is the external broker's URL, without credentials; "" with
+	// the embedded broker.
+	External string `json:"external,omitempty"`
 }
 
 // MQTTURL is the broker URL clients should use.
 func (e Endpoints) MQTTURL() string {
-	if e.TLS {
+	switch {
+	case e.External != "":
+		return e.External
+	case e.TLS:
 		return "mqtts://" + e.MQTT
 	}
 	return "mqtt://" + e.MQTT
@@ -82,7 +152,7 @@ type Server struct {
 	log       zerolog.Logger
 	broker    *broker.Broker
 	store     *store.Store
-	client    *bus.Client
+	client    plannerConn
 	http      *http.Server
 	httpLn    net.Listener
 	endpoints Endpoints
@@ -93,13 +163,15 @@ type Server struct {
 	err       error         // why it stopped; read after done is closed
 }
 
-const plannerUser = "tether-planner"
-
-// Start opens the store, starts the broker and the planner, and returns
-// once all listen.
+// Start opens the store, starts the broker (unless cfg.External names
+// one) and the planner, and returns once all listen and the planner is
+// connected.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.DataDir == "" {
 		return nil, errors.New("data dir: required")
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
@@ -116,11 +188,6 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
-	secret := make([]byte, 24)
-	if _, err := rand.Read(secret); err != nil {
-		return nil, err
-	}
-	password := hex.EncodeToString(secret)
 	if s.registry, err = identity.Open(st, nil); err != nil {
 		return nil, err
 	}
@@ -130,32 +197,99 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := s.writePlannerKeys(); err != nil {
 		return nil, err
 	}
+	client, err := s.startBroker(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.client = client
+
+	if cfg.HTTPAddr != "" {
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err)
+		}
+		s.httpLn = ln
+		s.endpoints.HTTP = ln.Addr().String()
+		mux := http.NewServeMux()
+		mux.HandleFunc("/healthz", s.healthz)
+		wsPort := 0 // the page says there is no WebSocket listener
+		if ws := s.endpoints.WS; ws != "" {
+			_, port, _ := net.SplitHostPort(ws)
+			wsPort, _ = strconv.Atoi(port)
+		}
+		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, WSTLS: s.endpoints.WSTLS, TopicRoot: cfg.Topics.Root}))
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = s.http.Serve(ln) }()
+	}
+
+	p := planner.New(planner.Config{
+		Bus:    client,
+		Store:  st,
+		Topics: cfg.Topics,
+		Log:    cfg.Log.With().Str("part", "planner").Logger(),
+		Sign:   s.registry.Sign,
+	})
+	pctx, pcancel := context.WithCancel(context.Background())
+	s.cancel = pcancel
+	adm := &admin{reg: s.registry, bus: client, topics: cfg.Topics, keysChanged: s.writePlannerKeys, external: cfg.External != nil,
+		log: cfg.Log.With().Str("part", "admin").Logger()}
+	if err := adm.start(pctx); err != nil {
+		return nil, fmt.Errorf("admin topics: %w", err)
+	}
+	go func() {
+		s.err = p.Run(pctx)
+		if s.err != nil {
+			s.log.Error().Err(s.err).Msg("planner stopped")
+		}
+		close(s.done)
+	}()
+	ok = true
+	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
+	return s, nil
+}
+
+// startBroker starts the embedded broker and returns the planner's inline
+// client of it, or connects the planner to the external broker.
+func (s *Server) startBroker(ctx context.Context) (plannerConn, error) {
+	cfg := s.cfg
+	if ext := cfg.External; ext != nil {
+		s.endpoints = externalEndpoints(*ext)
+		s.log.Info().Str("broker", s.endpoints.External).Msg("using an external broker: no embedded broker, no identities")
+		dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		c, err := bus.Dial(dctx, bus.Config{
+			Brokers: []string{ext.URL}, TLS: ext.TLS, Username: ext.Username, Password: ext.Password,
+			ClientID:     bus.RandomID("tether-planner-"),
+			CleanSession: true, // everything the planner needs is retained or in its store
+			Log:          cfg.Log.With().Str("part", "planner-mqtt").Logger(),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("planner connect to the external broker: %w", err)
+		}
+		return c, nil
+	}
 	bcfg := broker.Config{
 		DataDir:  filepath.Join(cfg.DataDir, "broker"),
 		MQTTAddr: cfg.MQTTAddr,
 		WSAddr:   cfg.WSAddr,
 		TLS:      cfg.TLS,
 		Log:      cfg.Log.With().Str("part", "broker").Logger(),
-		Retainable: func(p broker.Peer, topic string) bool {
-			return p.Username == plannerUser || cfg.Topics.Retainable(topic)
-		},
+		// The planner publishes inline: these apply to network clients.
+		Retainable: func(_ broker.Peer, topic string) bool { return cfg.Topics.Retainable(topic) },
 	}
 	if cfg.secure() {
-		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, plannerUser, password, cfg.Log.With().Str("part", "acl").Logger())
+		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, cfg.Log.With().Str("part", "acl").Logger())
 		bcfg.Authenticator = s.auth
 		// Floods are bounded per identity; dev and anonymous servers have
 		// none to bound (and load tests publish fast through them).
-		bcfg.PublishLimit = &broker.PublishLimit{
-			Rate: broker.DefaultPublishLimit.Rate, Burst: broker.DefaultPublishLimit.Burst,
-			Exempt: func(p broker.Peer) bool { return p.Username == plannerUser },
-		}
+		limit := broker.DefaultPublishLimit
+		bcfg.PublishLimit = &limit
 		if err := s.bootstrapOperator(); err != nil {
 			return nil, err
 		}
 	} else {
 		bcfg.AllowAnonymousLoopback = cfg.Dev
 		bcfg.AllowAnonymous = cfg.InsecureAllowAnonymous
-		bcfg.Users = map[string]string{plannerUser: password}
 	}
 	b, err := broker.New(bcfg)
 	if err != nil {
@@ -176,90 +310,35 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err := b.Start(); err != nil {
 		return nil, err
 	}
-	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil}
-	plannerURL, plannerTLS := "tcp://"+b.MQTTAddr(), (*tls.Config)(nil)
-	if cfg.TLS != nil {
-		plannerURL, plannerTLS = "ssl://"+b.MQTTAddr(), pinnedTLS(cfg.TLS)
-	}
-
-	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	client, err := bus.Dial(dctx, bus.Config{
-		Brokers:      []string{plannerURL},
-		TLS:          plannerTLS,
-		ClientID:     bus.RandomID("tether-planner-"),
-		Username:     plannerUser,
-		Password:     password,
-		CleanSession: true, // everything the planner needs is retained or in its store
-		Log:          cfg.Log.With().Str("part", "planner-mqtt").Logger(),
-	})
-	cancel()
-	if err != nil {
-		return nil, fmt.Errorf("planner connect to embedded broker: %w", err)
-	}
-	s.client = client
-
-	if cfg.HTTPAddr != "" {
-		ln, err := net.Listen("tcp", cfg.HTTPAddr)
-		if err != nil {
-			return nil, fmt.Errorf("http listener %s: %w", cfg.HTTPAddr, err)
-		}
-		s.httpLn = ln
-		s.endpoints.HTTP = ln.Addr().String()
-		mux := http.NewServeMux()
-		mux.HandleFunc("/healthz", s.healthz)
-		wsPort := 0 // the page says there is no WebSocket listener
-		if ws := s.endpoints.WS; ws != "" {
-			_, port, _ := net.SplitHostPort(ws)
-			wsPort, _ = strconv.Atoi(port)
-		}
-		mux.Handle("/", dashboard.Handler(dashboard.Config{WSPort: wsPort, WSTLS: cfg.TLS != nil, TopicRoot: cfg.Topics.Root}))
-		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go func() { _ = s.http.Serve(ln) }()
-	}
-
-	p := planner.New(planner.Config{
-		Bus:    client,
-		Store:  st,
-		Topics: cfg.Topics,
-		Log:    cfg.Log.With().Str("part", "planner").Logger(),
-		Sign:   s.registry.Sign,
-	})
-	pctx, pcancel := context.WithCancel(context.Background())
-	s.cancel = pcancel
-	adm := &admin{reg: s.registry, bus: client, topics: cfg.Topics, keysChanged: s.writePlannerKeys,
-		log: cfg.Log.With().Str("part", "admin").Logger()}
-	if err := adm.start(pctx); err != nil {
-		return nil, fmt.Errorf("admin topics: %w", err)
-	}
-	go func() {
-		s.err = p.Run(pctx)
-		if s.err != nil {
-			s.log.Error().Err(s.err).Msg("planner stopped")
-		}
-		close(s.done)
-	}()
-	ok = true
-	s.log.Info().Str("mqtt", s.endpoints.MQTT).Str("ws", s.endpoints.WS).Str("http", s.endpoints.HTTP).Msg("server listening")
-	return s, nil
+	s.endpoints = Endpoints{MQTT: b.MQTTAddr(), WS: b.WSAddr(), TLS: cfg.TLS != nil, WSTLS: cfg.TLS != nil}
+	return bus.NewInline(b), nil
 }
 
-// pinnedTLS is the planner's client side of the broker's own TLS: it
-// trusts exactly the broker's certificate, whatever CA issued it.
-func pinnedTLS(server *tls.Config) *tls.Config {
-	var leaf []byte
-	if len(server.Certificates) > 0 && len(server.Certificates[0].Certificate) > 0 {
-		leaf = server.Certificates[0].Certificate[0]
+// plannerConn is how the planner and the admin topics reach the broker: the
+// embedded broker's inline client, or a network client of an external one.
+type plannerConn interface {
+	planner.Bus
+	IsConnected() bool
+	Close()
+}
+
+// externalEndpoints describes an external broker (its URL already
+// checked by Config.check) as Endpoints, without any credentials the URL
+// may carry.
+func externalEndpoints(ext ExternalBroker) Endpoints {
+	raw := ext.URL
+	if !strings.Contains(raw, "://") {
+		raw = "mqtt://" + raw
 	}
-	return &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		InsecureSkipVerify: true, // replaced by the pin below
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 || leaf == nil || !bytes.Equal(raw[0], leaf) {
-				return errors.New("the broker's certificate is not the one this server loaded")
-			}
-			return nil
-		},
+	u, _ := url.Parse(raw)
+	u.User = nil
+	norm, _ := bus.NormalizeURL(raw)
+	ep := Endpoints{MQTT: u.Host, External: u.String(), WSTLS: ext.DashboardWSTLS,
+		TLS: strings.HasPrefix(norm, "ssl://") || strings.HasPrefix(norm, "wss://")}
+	if ext.DashboardWSPort > 0 {
+		ep.WS = net.JoinHostPort(u.Hostname(), strconv.Itoa(ext.DashboardWSPort))
 	}
+	return ep
 }
 
 // PlannerKeys returns the planner's public keys, the current one last.

@@ -1,12 +1,12 @@
 // Unit tests of the sign-in rules (static/js/auth.js) and of where the page
-// connects (brokerURL). No browser, no broker.
+// connects (brokerURL and the hint of wss://). No browser, no broker.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   parseToken, TokenError, credentials, clientIdFor, usernameOf, refusalOf, TokenStore, STORAGE_KEY,
 } from '../static/js/auth.js';
-import { brokerURL } from '../static/js/conn.js';
+import { brokerURL, tlsHint } from '../static/js/conn.js';
 import { Fleet } from '../static/js/model.js';
 
 const ID = '0a1b2c3d4e5f';
@@ -152,4 +152,11 @@ test('the broker URL follows ws_tls and the page scheme', () => {
   // Browsers refuse ws:// from an https page.
   assert.equal(brokerURL(loc('https:', 'tether.example'), 1884, false), 'wss://tether.example:1884');
   assert.equal(brokerURL(loc('http:', '[::1]'), 1884, true), 'wss://[::1]:1884');
+});
+
+test('a wss:// link that cannot connect says the browser must trust the certificate authority', () => {
+  const hint = tlsHint('wss://tether.example:8884');
+  assert.match(hint, /must trust the certificate authority/);
+  assert.match(hint, /DATA-DIR\/tls\/ca\.pem/);
+  assert.match(hint, /https:\/\/tether\.example:8884\//);
 });

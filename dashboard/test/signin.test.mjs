@@ -1,5 +1,8 @@
-// Browser tests of signing in: a broker that refuses anonymous dashboards
-// (the real `tether server`), and a broker with viewer and operator tokens
+// Browser tests of signing in. First the real `tether server` as it starts
+// by default (TLS from its own CA, tokens only): it refuses an anonymous
+// page; a viewer token made with the CLI signs in over wss:// and sees a
+// device, but not its desired state; a browser that does not trust the CA
+// is told so. Then a broker with viewer and operator tokens
 // (testkit/viewerbroker: mochi with the access rules tether server applies
 // to dashboards) — a viewer signs in, sees the status topics, is told what
 // it may not read, stays signed in for the tab or the browser, and signs
@@ -12,7 +15,7 @@
 //
 // The viewer broker is built with go (env GO_BIN, else go on the PATH).
 
-import { test, before, after } from 'node:test';
+import { describe, test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
@@ -20,7 +23,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import {
-  artifactsDir, buildViewerBroker, freePort, launchBrowser, startServer, startViewerBroker, until,
+  artifactsDir, buildViewerBroker, freePort, launchBrowser, run, startServer, startViewerBroker, tetherBin, until,
 } from '../testkit/harness.mjs';
 
 const ARTIFACTS = artifactsDir();
@@ -74,44 +77,141 @@ async function stored(page) {
   return page.evaluate((k) => ({ session: sessionStorage.getItem(k), local: localStorage.getItem(k) }), KEY);
 }
 
-test('tether server refuses an anonymous dashboard: the page asks for a token and says what is wrong with one', { timeout: 90_000 }, async (t) => {
-  const defer = cleaner(t);
-  const [mqttPort, wsPort, httpPort] = [await freePort(), await freePort(), await freePort()];
-  const dataDir = mkdtempSync(join(tmpdir(), 'tether-dash-signin-'));
-  defer(() => rmSync(dataDir, { recursive: true, force: true }));
-  const srv = await startServer({ dataDir, mqtt: mqttPort, ws: wsPort, http: httpPort, log: quiet });
-  defer(() => srv.stop());
+// tether server as it starts by default: TLS from a CA it makes in
+// DATA-DIR/tls, no anonymous clients. The browser trusts exactly this
+// server's key (as one that imported DATA-DIR/tls/ca.pem trusts what that
+// CA signed); a second browser trusts nothing of it.
+describe('tether server in its default configuration (TLS from its own CA, tokens only)', () => {
+  let srv = null;
+  let dataDir = '';
+  let browser = null; // trusts this server's certificate
+  const ports = {};
+  let url = '';
+  let cli = []; // global flags of the tether CLI as the bootstrap operator
 
-  const { page, errors, consoleLines, close } = await launchBrowser({ log });
-  defer(close);
-  await page.goto(`http://127.0.0.1:${httpPort}/`);
-  await page.waitForSelector(`${sel('login')}:not([hidden])`, { timeout: WAIT });
-  assert.equal(await page.getAttribute(sel('connection'), 'data-state'), 'refused');
-  // (MQTT 3.1.1 has two codes for it; mochi sends 5, not authorized.)
-  const refusal = '\\((not authorized|bad username or password)\\)';
-  assert.match(await page.textContent(sel('login-reason')), new RegExp(`lets dashboards in with a token only: it refused this page without one ${refusal}`));
-  assert.ok(await page.locator('#main').isHidden(), 'the views make way for the form');
-  assert.ok(await page.locator(sel('connection-banner')).isHidden(), 'the form says it all: no banner');
+  before(async () => {
+    [ports.mqtt, ports.ws, ports.http] = [await freePort(), await freePort(), await freePort()];
+    dataDir = mkdtempSync(join(tmpdir(), 'tether-dash-signin-'));
+    srv = await startServer({ dataDir, ...ports, log: quiet });
+    url = `http://127.0.0.1:${ports.http}/`;
+    cli = ['--broker', `mqtts://127.0.0.1:${ports.mqtt}`, '--ca-file', srv.tls.ca, '--token-file', srv.operatorToken];
+    browser = await launchBrowser({ log, trustCerts: [srv.tls.cert] });
+  });
+  after(async () => {
+    await browser?.close();
+    await srv?.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
 
-  // The shape is checked before anything is sent.
-  await signIn(page, 'hello');
-  await page.waitForSelector(`${sel('login-error')}:not([hidden])`, { timeout: WAIT });
-  assert.match(await page.textContent(sel('login-error')), /no ‘\.’/);
+  test('refuses an anonymous dashboard: the page asks for a token and says what is wrong with one', { timeout: 90_000 }, async (t) => {
+    const defer = cleaner(t);
+    const { errors, consoleLines } = browser;
+    const page = await browser.context.newPage();
+    defer(() => page.close());
+    await page.goto(url);
+    await page.waitForSelector(`${sel('login')}:not([hidden])`, { timeout: WAIT });
+    assert.equal(await page.getAttribute(sel('connection'), 'data-state'), 'refused');
+    assert.equal(await page.evaluate(() => window.tetherDashboard.link.url), `wss://127.0.0.1:${ports.ws}`);
+    // (MQTT 3.1.1 has two codes for it; mochi sends 5, not authorized.)
+    const refusal = '\\((not authorized|bad username or password)\\)';
+    assert.match(await page.textContent(sel('login-reason')), new RegExp(`lets dashboards in with a token only: it refused this page without one ${refusal}`));
+    assert.ok(await page.locator('#main').isHidden(), 'the views make way for the form');
+    assert.ok(await page.locator(sel('connection-banner')).isHidden(), 'the form says it all: no banner');
 
-  // A well-formed token the server does not know: refused, and the form stays.
-  const tok = newToken();
-  await signIn(page, tok.text);
-  await until('the refusal of an unknown token', async () => /refused token/.test(await page.textContent(sel('login-error'))), WAIT);
-  const msg = await page.textContent(sel('login-error'));
-  assert.match(msg, new RegExp(`The broker refused token ${tok.id} ${refusal}`));
-  assert.ok(!msg.includes(tok.secret));
-  assert.ok(await page.locator(sel('login')).isVisible());
-  assert.equal(await page.inputValue(sel('login-token')), tok.text, 'what was typed stays, to be corrected');
-  assert.deepEqual(await stored(page), { session: null, local: null }, 'a refused token is not kept');
-  await shot(page, '20-server-refused-token');
+    // The shape is checked before anything is sent.
+    await signIn(page, 'hello');
+    await page.waitForSelector(`${sel('login-error')}:not([hidden])`, { timeout: WAIT });
+    assert.match(await page.textContent(sel('login-error')), /no ‘\.’/);
 
-  assert.ok(!consoleLines.some((l) => l.includes(tok.secret)), 'the secret is never logged');
-  assert.deepEqual(errors, [], 'uncaught errors in the page');
+    // A well-formed token the server does not know: refused, and the form stays.
+    const tok = newToken();
+    await signIn(page, tok.text);
+    await until('the refusal of an unknown token', async () => /refused token/.test(await page.textContent(sel('login-error'))), WAIT);
+    const msg = await page.textContent(sel('login-error'));
+    assert.match(msg, new RegExp(`The broker refused token ${tok.id} ${refusal}`));
+    assert.ok(!msg.includes(tok.secret));
+    assert.ok(await page.locator(sel('login')).isVisible());
+    assert.equal(await page.inputValue(sel('login-token')), tok.text, 'what was typed stays, to be corrected');
+    assert.deepEqual(await stored(page), { session: null, local: null }, 'a refused token is not kept');
+    await shot(page, '20-server-refused-token');
+
+    assert.ok(!consoleLines.some((l) => l.includes(tok.secret)), 'the secret is never logged');
+    assert.deepEqual(errors, [], 'uncaught errors in the page');
+  });
+
+  test('a viewer token made with the CLI signs in over wss:// and sees the fleet, but not desired state', { timeout: 90_000 }, async (t) => {
+    const defer = cleaner(t);
+    let r = await run(tetherBin(), [...cli, 'acl', 'token', 'create', '--role', 'viewer', '--name', 'dash'], { log: quiet });
+    assert.equal(r.code, 0, `tether acl token create: ${r.stderr}`);
+    const viewer = r.stdout.trim();
+    assert.match(viewer, /^[0-9a-f]{12}\.[A-Za-z0-9_-]+$/, 'the token alone on stdout');
+    const viewerId = viewer.slice(0, 12);
+
+    // A device with a secret, over mqtts:// with the server's CA, as edged
+    // connects: its presence and facts, retained.
+    r = await run(tetherBin(), [...cli, 'device', 'add', 'pi-07', '--label', 'site=berlin'], { log: quiet });
+    assert.equal(r.code, 0, `tether device add: ${r.stderr}`);
+    const device = await mqtt.connectAsync(`mqtts://127.0.0.1:${ports.mqtt}`, {
+      ca: readFileSync(srv.tls.ca), protocolVersion: 4, clean: true, reconnectPeriod: 0,
+      clientId: 'pi-07', username: 'pi-07', password: r.stdout.trim(),
+    });
+    defer(() => device.endAsync());
+    for (const name of ['presence', 'facts']) {
+      await device.publishAsync(`tether/v1/devices/pi-07/${name}`, golden(name), { qos: 1, retain: true });
+    }
+
+    const { errors, consoleLines } = browser;
+    const page = await browser.context.newPage();
+    defer(() => page.close());
+    await page.goto(url);
+    await page.waitForSelector(`${sel('login')}:not([hidden])`, { timeout: WAIT });
+    await signIn(page, viewer);
+    await page.waitForSelector(sel('connection', { state: 'connected', loaded: 'true' }), { timeout: WAIT });
+    assert.ok(await page.locator(sel('login')).isHidden());
+    assert.equal(await page.textContent(sel('signed-in-id')), viewerId);
+    assert.deepEqual(await stored(page), { session: viewer, local: null });
+    assert.match(await page.getAttribute(sel('connection'), 'title'), new RegExp(`broker wss://127\\.0\\.0\\.1:${ports.ws}`));
+    // The server granted every filter the page asked for: nothing says "not permitted".
+    assert.equal(await page.locator(sel('denied')).count(), 0);
+
+    // The fleet: the device counted online on the overview, with its label...
+    await page.waitForFunction(() => document.querySelector('[data-testid="count-online"]').textContent === '1', null, { timeout: WAIT });
+    await page.waitForSelector(`${sel('by-label')} >> text=berlin`, { timeout: WAIT });
+    // ...and in the device list, with its facts.
+    await page.click(sel('tab-devices'));
+    const row = sel('device-row', { device: 'pi-07', status: 'online' });
+    await page.waitForSelector(row, { timeout: WAIT });
+    await page.click(`${row} a`);
+    await page.waitForSelector(`${sel('device-detail', { device: 'pi-07' })} ${sel('device-facts')}`, { timeout: WAIT });
+    assert.match(await page.textContent(sel('device-facts')), /arm64/);
+    // The server refuses a viewer the device's desired state, and the page says so.
+    await page.waitForSelector(sel('denied', { what: 'desired' }), { timeout: WAIT });
+    assert.match(await page.textContent(sel('denied', { what: 'desired' })), /not permitted for this token/);
+    assert.match(await page.textContent(sel('device-generation')), /desired state not permitted for this token/);
+    assert.equal(await page.locator(sel('device-desired')).count(), 0);
+    await shot(page, '24-server-viewer-device');
+
+    const secret = viewer.slice(13);
+    assert.ok(!consoleLines.some((l) => l.includes(secret)), 'the page never logs a secret');
+    assert.deepEqual(errors, [], 'uncaught errors in the page');
+  });
+
+  test('a browser that does not trust the server\'s CA: the page says it cannot connect, and that the browser must trust it', { timeout: 90_000 }, async (t) => {
+    const defer = cleaner(t);
+    const { page, errors, consoleLines, close } = await launchBrowser({ log: quiet });
+    defer(close);
+    await page.goto(url);
+    await page.waitForSelector(`${sel('connection-banner')}:not([hidden])`, { timeout: WAIT });
+    assert.ok(consoleLines.some((l) => l.includes('ERR_CERT_AUTHORITY_INVALID')), 'Chromium refused the certificate: not some other failure');
+    assert.equal(await page.getAttribute(sel('connection'), 'data-state'), 'connecting');
+    const banner = await page.textContent(sel('connection-banner'));
+    assert.match(banner, new RegExp(`Cannot reach the broker at wss://127\\.0\\.0\\.1:${ports.ws}`));
+    assert.match(banner, /this browser must trust the certificate authority of the broker's certificate/);
+    assert.match(banner, /DATA-DIR\/tls\/ca\.pem/);
+    assert.ok(await page.locator(sel('login')).isHidden(), 'no sign-in form: the broker has not answered');
+    await shot(page, '25-server-untrusted-ca');
+    assert.deepEqual(errors, [], 'uncaught errors in the page');
+  });
 });
 
 let broker = null; // the viewer broker binary, or null without go
@@ -292,11 +392,12 @@ test('over wss:// to a TLS WebSocket listener from a page served over http on 12
   const defer = cleaner(t);
   const [wsPort, httpPort] = [await freePort(), await freePort()];
   // Anonymous clients in, like tether dev, and no tokens at all.
-  const vb = await startViewerBroker(broker, { ws: wsPort, http: httpPort, anonymous: true, tls: true, log: quiet });
+  const cert = join(buildDir, `viewerbroker-${wsPort}.pem`);
+  const vb = await startViewerBroker(broker, { ws: wsPort, http: httpPort, anonymous: true, tlsCert: cert, log: quiet });
   defer(() => vb.stop());
 
-  // The fixture's certificate is self-signed: this browser is told to accept it.
-  const { page, errors, close } = await launchBrowser({ log, args: ['--ignore-certificate-errors'] });
+  // The fixture's certificate is self-signed: this browser accepts its key, and no other.
+  const { page, errors, close } = await launchBrowser({ log, trustCerts: [cert] });
   defer(close);
   await page.goto(`http://127.0.0.1:${httpPort}/`);
   await page.waitForSelector(sel('connection', { state: 'connected', loaded: 'true' }), { timeout: WAIT });

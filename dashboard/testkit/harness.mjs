@@ -1,12 +1,13 @@
 // Helpers for the browser tests: free ports, the real `tether dev` and
 // `tether server` processes, the viewer-token broker fixture
 // (testkit/viewerbroker), CLI runs, headless Chromium through
-// playwright-core, and polling with a deadline. Nothing here sleeps to wait
-// for a condition.
+// playwright-core (trusting exactly the certificates a test names), and
+// polling with a deadline. Nothing here sleeps to wait for a condition.
 
 import { spawn } from 'node:child_process';
+import { X509Certificate, createHash } from 'node:crypto';
 import { createServer } from 'node:net';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -128,13 +129,31 @@ export async function startDev({ dataDir, mqtt, ws, http, extra = [], log }) {
   return p;
 }
 
-/** startServer starts `tether server` (no anonymous clients) and waits until it serves HTTP. */
+/**
+ * startServer starts `tether server` (no anonymous clients; TLS with a CA
+ * it makes in dataDir/tls unless extra says otherwise) and waits until it
+ * serves HTTP. The returned Proc also has tls: the paths of the made CA
+ * and server certificate (see serverTLS in cmd/tether/serve.go), and
+ * operatorToken: the bootstrap operator token's file.
+ */
 export async function startServer({ dataDir, mqtt, ws, http, extra = [], log }) {
   const args = ['server', '--data-dir', dataDir, '--mqtt-addr', `127.0.0.1:${mqtt}`, '--ws-addr', `127.0.0.1:${ws}`,
     '--http-addr', `127.0.0.1:${http}`, ...extra];
   const p = new Proc('tether server', tetherBin(), args, { log });
   await p.waitLine('Health:');
+  p.tls = { ca: join(dataDir, 'tls', 'ca.pem'), cert: join(dataDir, 'tls', 'server.pem') };
+  p.operatorToken = join(dataDir, 'operator.token');
   return p;
+}
+
+/**
+ * spkiHash is the base64 SHA-256 of the SubjectPublicKeyInfo of the first
+ * certificate in a PEM file: the pin Chromium's
+ * --ignore-certificate-errors-spki-list takes (RFC 7469's pin-sha256).
+ */
+export function spkiHash(pemFile) {
+  const der = new X509Certificate(readFileSync(pemFile)).publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(der).digest('base64');
 }
 
 /**
@@ -158,13 +177,16 @@ export async function buildViewerBroker(dir, { log = () => {} } = {}) {
 
 /**
  * startViewerBroker runs the fixture built by buildViewerBroker and waits
- * until it listens. viewers and operators are tokens "<id>.<secret>".
+ * until it listens. viewers and operators are tokens "<id>.<secret>";
+ * tlsCert, when given, makes its WebSocket listener speak TLS with a new
+ * self-signed certificate that it writes there (PEM), for trustCerts.
  */
-export async function startViewerBroker(bin, { ws, http, viewers = [], operators = [], anonymous = false, tls = false, log }) {
+export async function startViewerBroker(bin, { ws, http, viewers = [], operators = [], anonymous = false, tlsCert = '', log }) {
   const args = ['-ws-addr', `127.0.0.1:${ws}`, '-http-addr', `127.0.0.1:${http}`,
     ...viewers.flatMap((t) => ['-viewer', t]), ...operators.flatMap((t) => ['-operator', t])];
   if (anonymous) args.push('-anonymous');
-  if (tls) args.push('-tls');
+  // TLS with a new self-signed certificate, written to tlsCert for the browser to trust.
+  if (tlsCert) args.push('-tls-cert-out', tlsCert);
   // Proc logs its arguments nowhere; the tokens stay out of the output.
   const p = new Proc('viewerbroker', bin, args, { log });
   await p.waitLine('ready ');
@@ -193,9 +215,17 @@ export function run(bin, args, { timeout = 120_000, log = () => {}, cwd } = {}) 
  * launchBrowser starts Debian's Chromium headless with a fresh profile
  * (playwright-core never downloads a browser) and returns a page; close()
  * ends the browser and removes the profile.
+ *
+ * trustCerts are PEM files of server certificates whose keys this browser
+ * accepts although no authority it knows signed them (a CA that tether
+ * server made, a self-signed fixture): Chromium ignores certificate errors
+ * for those public keys only (--ignore-certificate-errors-spki-list, which
+ * needs the --user-data-dir a persistent context has); every other
+ * certificate is checked as usual.
  */
-export async function launchBrowser({ log = () => {}, args = [] } = {}) {
+export async function launchBrowser({ log = () => {}, args = [], trustCerts = [] } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'tether-chromium-'));
+  if (trustCerts.length > 0) args = [...args, '--ignore-certificate-errors-spki-list=' + trustCerts.map(spkiHash).join(',')];
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,

@@ -72,8 +72,8 @@ export class Link {
    * start connects: anonymously when creds is null, else with a token's
    * MQTT credentials ({id, username, password}, see auth.js) and a client
    * id under its username, as the broker requires. It ends any connection
-   * of a previous start. The password goes to MQTT.js only: it is never
-   * part of the state handed to onState.
+   * of a previous start. The password goes to MQTT.js only: it is never part
+   * of the state handed to onState.
    */
   start(creds = null) {
     this.stop();
@@ -109,6 +109,10 @@ export class Link {
       opts.username = creds.username;
       opts.password = creds.password;
     }
+    this.#connect(mqtt, opts);
+  }
+
+  #connect(mqtt, opts) {
     const c = mqtt.connect(this.url, opts);
     this.client = c;
     const mine = () => this.client === c;
@@ -314,6 +318,20 @@ export function brokerURL(loc, wsPort, tls = false) {
   const scheme = tls || loc.protocol === 'https:' ? 'wss' : 'ws';
   // location.hostname keeps the brackets of an IPv6 literal.
   return `${scheme}://${loc.hostname}:${wsPort}`;
+}
+
+/**
+ * tlsHint is what the page adds while a wss:// link has never connected.
+ * A browser gives a page no reason when a WebSocket fails, and the usual
+ * one with TLS is a certificate it does not trust: tether server's own CA
+ * (DATA-DIR/tls/ca.pem) is trusted nowhere until someone imports it. A
+ * browser asks nobody about the certificate of a WebSocket connection, but
+ * remembers an exception made by opening the same host and port as a page.
+ */
+export function tlsHint(url) {
+  return `With wss://, this browser must trust the certificate authority of the broker's certificate ` +
+    `(tether server's own: DATA-DIR/tls/ca.pem, imported as an authority), ` +
+    `or accept the certificate once at ${url.replace(/^wss:/, 'https:')}/.`;
 }
 
 function randomHex(n) {

@@ -11,7 +11,7 @@
 
 import { $, clock } from './dom.js';
 import { Fleet } from './model.js';
-import { Link, brokerURL, RECONNECT_MS } from './conn.js';
+import { Link, brokerURL, tlsHint, RECONNECT_MS } from './conn.js';
 import { TokenStore, parseToken, credentials } from './auth.js';
 import { Login } from './login.js';
 import { OverviewView } from './overview.js';
@@ -246,17 +246,6 @@ function showLink(s) {
     ? `Disconnected from the broker at ${s.url} since ${since} — reconnecting every ${RECONNECT_MS / 1000} s. Showing the last known state.`
     : `Cannot reach the broker at ${s.url} — retrying every ${RECONNECT_MS / 1000} s.`) + (s.error ? ` (${s.error})` : '') +
     (s.state === 'connecting' && s.url.startsWith('wss:') ? ' ' + tlsHint(s.url) : '');
-}
-
-/**
- * tlsHint: a browser gives a page no reason when a wss:// connection fails,
- * and the usual one is a certificate it does not trust (self-signed). It
- * asks nobody about certificates of WebSocket connections, but remembers an
- * exception made by opening the same host and port as a page.
- */
-function tlsHint(url) {
-  return `The broker's WebSocket listener uses TLS: if this browser does not trust its certificate, ` +
-    `open ${url.replace(/^wss:/, 'https:')}/ once to check and accept it, then come back.`;
 }
 
 main();

@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -165,6 +166,7 @@ func run() error {
 	root := flag.String("root", "tether", "topic root")
 	anonymous := flag.Bool("anonymous", false, "admit clients without credentials, with every right (as tether dev does from loopback)")
 	useTLS := flag.Bool("tls", false, "serve the WebSocket listener over TLS with a new self-signed certificate for 127.0.0.1 and localhost")
+	certOut := flag.String("tls-cert-out", "", "with -tls (implied): write that certificate (PEM) to this file, for the browser under test to trust")
 	flag.Var(&viewers, "viewer", "viewer token <id>.<secret> (repeatable)")
 	flag.Var(&operators, "operator", "operator token <id>.<secret> (repeatable)")
 	flag.Parse()
@@ -190,10 +192,19 @@ func run() error {
 		return err
 	}
 	cfg := listeners.Config{Type: listeners.TypeWS, ID: "ws", Address: *wsAddr}
+	if *certOut != "" {
+		*useTLS = true
+	}
 	if *useTLS {
 		c, err := selfSigned()
 		if err != nil {
 			return err
+		}
+		if *certOut != "" {
+			pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Certificate[0]})
+			if err := os.WriteFile(*certOut, pemBytes, 0o644); err != nil {
+				return err
+			}
 		}
 		cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{c}, MinVersion: tls.VersionTLS12}
 	}
@@ -244,7 +255,8 @@ func run() error {
 }
 
 // selfSigned makes a certificate for 127.0.0.1, ::1 and localhost, valid
-// for a day: the browser under test is told to ignore that nobody signed it.
+// for a day: the browser under test is told to accept its key although
+// nobody signed it (-tls-cert-out).
 func selfSigned() (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
