@@ -39,6 +39,8 @@ type bench struct {
 	server     *proc
 	serverRuns int
 	mosq       *proc
+	mosqConf   string
+	mosqRuns   int
 	sims       []*proc
 	simURLs    []string
 	meter      *meter
@@ -255,18 +257,18 @@ func (b *bench) startBackend(ctx context.Context) error {
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	b.brokerURL = "mqtt://" + addr
-	b.serverArgs = []string{"server", "--insecure-allow-anonymous", "--insecure-plaintext",
-		"--data-dir", filepath.Join(b.dir, "server"), "--ws-addr", "", "--http-addr", "", "--log-level", "warn"}
-	if b.o.brokerImpl == "broker-only" {
+	b.serverArgs = []string{"server", "--data-dir", filepath.Join(b.dir, "server"), "--http-addr", "", "--log-level", "warn"}
+	switch b.o.brokerImpl {
+	case "broker-only":
 		return b.startBrokerOnly(ctx, addr)
-	}
-	if b.o.brokerImpl == "mosquitto" {
+	case "mosquitto":
 		if err := b.startMosquitto(ctx, port); err != nil {
 			return err
 		}
+		// Access is the external broker's business: it lets anyone in.
 		b.serverArgs = append(b.serverArgs, "--broker", b.brokerURL)
-	} else {
-		b.serverArgs = append(b.serverArgs, "--mqtt-addr", addr)
+	default:
+		b.serverArgs = append(b.serverArgs, "--mqtt-addr", addr, "--ws-addr", "", "--insecure-allow-anonymous", "--insecure-plaintext")
 	}
 	return b.startServer(ctx)
 }
@@ -286,10 +288,6 @@ func (b *bench) startServer(ctx context.Context) error {
 }
 
 func (b *bench) startMosquitto(ctx context.Context, port int) error {
-	bin, err := findBinary(b.o.mosquitto)
-	if err != nil {
-		return err
-	}
 	dir := filepath.Join(b.dir, "mosquitto")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -312,7 +310,18 @@ log_type warning
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return err
 	}
-	p, err := start("mosquitto", filepath.Join(b.dir, "mosquitto.log"), bin, "-c", path)
+	b.mosqConf = path
+	return b.runMosquitto(ctx, port)
+}
+
+// runMosquitto starts mosquitto with the config startMosquitto wrote.
+func (b *bench) runMosquitto(ctx context.Context, port int) error {
+	bin, err := findBinary(b.o.mosquitto)
+	if err != nil {
+		return err
+	}
+	b.mosqRuns++
+	p, err := start("mosquitto", filepath.Join(b.dir, fmt.Sprintf("mosquitto-%d.log", b.mosqRuns)), bin, "-c", b.mosqConf)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,7 @@ type options struct {
 	simDir      string
 	keep        bool
 	note        string
+	restartMosq bool
 	// serveBroker, set only by fleetbench for its own child process in
 	// -broker-impl broker-only, runs the broker alone on that address.
 	serveBroker    string
@@ -86,6 +87,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.workDir, "work-dir", "", "where a new dir for the server's data and the logs goes (default the temporary dir: on disk, as a server's data would be)")
 	fs.StringVar(&o.simDir, "sim-dir", "", "where a new dir for the simulated devices' data goes (default /dev/shm, else the temporary dir)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work dir (logs, data) at the end")
+	fs.BoolVar(&o.restartMosq, "restart-broker", true, "with -broker-impl mosquitto, the restart scenario restarts Mosquitto too, as the embedded broker restarts with the server (the reconnect storm); false restarts the planner alone")
 	fs.StringVar(&o.note, "note", "", "a note recorded with the result (e.g. what else ran on the machine)")
 	fs.StringVar(&o.serveBroker, "serve-broker", "", "internal: run the embedded broker alone on this loopback address (broker-only's child process)")
 	fs.StringVar(&o.serveBrokerDir, "serve-broker-dir", "", "internal: the broker-only child's data dir")
