@@ -54,6 +54,7 @@ type options struct {
 	keep        bool
 	note        string
 	restartMosq bool
+	mosqExtra   string
 	// serveBroker, set only by fleetbench for its own child process in
 	// -broker-impl broker-only, runs the broker alone on that address.
 	serveBroker    string
@@ -88,6 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.simDir, "sim-dir", "", "where a new dir for the simulated devices' data goes (default /dev/shm, else the temporary dir)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work dir (logs, data) at the end")
 	fs.BoolVar(&o.restartMosq, "restart-broker", true, "with -broker-impl mosquitto, the restart scenario restarts Mosquitto too, as the embedded broker restarts with the server (the reconnect storm); false restarts the planner alone")
+	fs.StringVar(&o.mosqExtra, "mosquitto-conf", "", "extra lines for the generated mosquitto.conf, ';'-separated (e.g. 'set_tcp_nodelay true')")
 	fs.StringVar(&o.note, "note", "", "a note recorded with the result (e.g. what else ran on the machine)")
 	fs.StringVar(&o.serveBroker, "serve-broker", "", "internal: run the embedded broker alone on this loopback address (broker-only's child process)")
 	fs.StringVar(&o.serveBrokerDir, "serve-broker-dir", "", "internal: the broker-only child's data dir")
@@ -176,8 +178,10 @@ type Result struct {
 	Host       Host      `json:"host"`
 	Note       string    `json:"note,omitempty"`
 	// Idle is the server (and broker) before any device connected.
-	Idle      map[string]ProcUsage `json:"idle"`
-	Scenarios []*Scenario          `json:"scenarios"`
+	Idle map[string]ProcUsage `json:"idle"`
+	// BrokerConfig is the mosquitto.conf used (mosquitto mode).
+	BrokerConfig string      `json:"broker_config,omitempty"`
+	Scenarios    []*Scenario `json:"scenarios"`
 	// Skipped says why the run did not happen (mosquitto mode without
 	// support for it); nothing else is set then.
 	Skipped string `json:"skipped,omitempty"`
