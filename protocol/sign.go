@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Signature is the planner's ed25519 signature of a desired document. It
@@ -185,4 +186,33 @@ func isKeyID(s string) bool {
 	}
 	_, err := hex.DecodeString(s)
 	return err == nil
+}
+
+// ParseKeyList reads a planner key file as the server writes it
+// (PlannerKeyFile): one standard-base64 public key per line, blank lines and
+// lines starting with '#' skipped. name is used in errors; every bad line
+// is reported, and a list without any key is an error: it was meant to
+// hold one.
+func ParseKeyList(name string, data []byte) ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	var errs []error
+	for n, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, err := ParseKey(line)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s line %d: %w", name, n+1, err))
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s: no key in it (one standard-base64 ed25519 public key per line)", name)
+	}
+	return keys, nil
 }

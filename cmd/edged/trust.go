@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -71,40 +70,13 @@ func (s trustSettings) load() (trust, error) {
 	return out, errors.Join(errs...)
 }
 
-// readKeyFile reads one standard-base64 public key per line; blank lines
-// and lines starting with '#' are skipped. A file without any key is an
-// error: it was meant to hold one.
+// readKeyFile reads a planner key file (protocol.ParseKeyList).
 func readKeyFile(path string) ([]ed25519.PublicKey, error) {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var keys []ed25519.PublicKey
-	var errs []error
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, err := protocol.ParseKey(line)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s line %d: %w", path, n, err))
-			continue
-		}
-		keys = append(keys, k)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s: no key in it (one standard-base64 ed25519 public key per line)", path)
-	}
-	return keys, nil
+	return protocol.ParseKeyList(path, data)
 }
 
 // envKeys splits TETHER_PLANNER_KEY: one or more keys, separated by commas

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
@@ -129,32 +128,11 @@ spread larger fleets over several, each with its own --first.`,
 	return cmd
 }
 
-// readPlannerKeys reads one standard-base64 public key per line; blank
-// lines and lines starting with '#' are skipped.
+// readPlannerKeys reads a planner key file (protocol.ParseKeyList).
 func readPlannerKeys(path string) ([]ed25519.PublicKey, error) {
-	fh, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	defer fh.Close()
-	var keys []ed25519.PublicKey
-	sc := bufio.NewScanner(fh)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		k, err := protocol.ParseKey(line)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		keys = append(keys, k)
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s holds no key", path)
-	}
-	return keys, nil
+	return protocol.ParseKeyList(path, data)
 }
