@@ -136,6 +136,43 @@ type Status struct {
 	Elapsed         float64              `json:"elapsed_s"`
 }
 
+// addJob adds a job's counts from one device or one simulator.
+func (s *Status) addJob(name string, devices, allocs, running int, byVersion map[uint64]int) {
+	if s.Jobs == nil {
+		s.Jobs = map[string]JobCounts{}
+	}
+	c := s.Jobs[name]
+	c.Devices += devices
+	c.Allocs += allocs
+	c.Running += running
+	if c.RunningByVersion == nil {
+		c.RunningByVersion = map[uint64]int{}
+	}
+	for v, n := range byVersion {
+		c.RunningByVersion[v] += n
+	}
+	s.Jobs[name] = c
+}
+
+// Add adds another simulator's status to s: the fleet of several
+// simulator processes. Elapsed is left as it is.
+func (s *Status) Add(o Status) {
+	s.Devices += o.Devices
+	s.Started += o.Started
+	s.Failed += o.Failed
+	s.Connected += o.Connected
+	s.Connects += o.Connects
+	s.Reconnected += o.Reconnected
+	s.DesiredReceived += o.DesiredReceived
+	s.Reported += o.Reported
+	s.Running += o.Running
+	s.WorkloadStarts += o.WorkloadStarts
+	s.Traffic.add(o.Traffic)
+	for name, j := range o.Jobs {
+		s.addJob(name, j.Devices, j.Allocs, j.Running, j.RunningByVersion)
+	}
+}
+
 // Summary is what Run returns: the status when the run ended, plus
 // per-device timings from Reference and latencies.
 type Summary struct {
@@ -416,17 +453,7 @@ func (f *fleet) status() Status {
 		s.WorkloadStarts += d.starts
 		s.Traffic.add(d.traffic)
 		for name, j := range d.jobs {
-			c := s.Jobs[name]
-			c.Devices++
-			c.Allocs += j.allocs
-			c.Running += j.running
-			if c.RunningByVersion == nil {
-				c.RunningByVersion = map[uint64]int{}
-			}
-			for v, n := range j.byVersion {
-				c.RunningByVersion[v] += n
-			}
-			s.Jobs[name] = c
+			s.addJob(name, 1, j.allocs, j.running, j.byVersion)
 		}
 		d.mu.Unlock()
 	}

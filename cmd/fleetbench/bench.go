@@ -527,35 +527,7 @@ func (b *bench) status(ctx context.Context) (sim.Status, error) {
 		if err := b.getJSON(ctx, u+"/status", &s); err != nil {
 			return total, err
 		}
-		total.Devices += s.Devices
-		total.Started += s.Started
-		total.Failed += s.Failed
-		total.Connected += s.Connected
-		total.Connects += s.Connects
-		total.Reconnected += s.Reconnected
-		total.DesiredReceived += s.DesiredReceived
-		total.Reported += s.Reported
-		total.Running += s.Running
-		total.WorkloadStarts += s.WorkloadStarts
-		total.Traffic.MsgsSent += s.Traffic.MsgsSent
-		total.Traffic.BytesSent += s.Traffic.BytesSent
-		total.Traffic.WireBytesSent += s.Traffic.WireBytesSent
-		total.Traffic.MsgsReceived += s.Traffic.MsgsReceived
-		total.Traffic.BytesReceived += s.Traffic.BytesReceived
-		total.Traffic.WireBytesReceived += s.Traffic.WireBytesReceived
-		for name, j := range s.Jobs {
-			t := total.Jobs[name]
-			t.Devices += j.Devices
-			t.Allocs += j.Allocs
-			t.Running += j.Running
-			if t.RunningByVersion == nil {
-				t.RunningByVersion = map[uint64]int{}
-			}
-			for v, n := range j.RunningByVersion {
-				t.RunningByVersion[v] += n
-			}
-			total.Jobs[name] = t
-		}
+		total.Add(s)
 	}
 	return total, nil
 }
