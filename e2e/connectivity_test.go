@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"github.com/tether-edge/tether/internal/podmantest"
@@ -17,8 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-	"github.com/tether-edge/tether/bus"
 	"github.com/tether-edge/tether/internal/faultproxy"
 	"github.com/tether-edge/tether/protocol"
 )
@@ -62,36 +59,7 @@ func newFleet(t *testing.T) *cfleet {
 	f := &cfleet{t: t, dataDir: t.TempDir(), mqtt: freePort(t), work: t.TempDir(), events: map[string][]protocol.Event{}, reports: map[string]protocol.Reported{}}
 	f.env = []string{"TETHER_BROKER=mqtt://" + f.mqtt}
 	f.startServer()
-	// A persistent observer: it misses no event, even across a server
-	// restart (its session and queue are in the broker's database).
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	obs, err := bus.Dial(ctx, bus.Config{Brokers: []string{"mqtt://" + f.mqtt}, ClientID: "observer-" + strconv.Itoa(os.Getpid()), CleanSession: false, KeepAlive: 2 * time.Second, ConnectTimeout: 2 * time.Second, Log: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(obs.Close)
-	var topics protocol.Topics
-	if err := obs.Subscribe(ctx, topics.DevicesFilter(protocol.KindEvents), 1, func(m bus.Message) {
-		if e, err := protocol.DecodeEvent(m.Payload); err == nil {
-			f.mu.Lock()
-			f.events[e.Device] = append(f.events[e.Device], e)
-			f.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := obs.Subscribe(ctx, topics.DevicesFilter(protocol.KindReported), 1, func(m bus.Message) {
-		if r, err := protocol.DecodeReported(m.Payload); err == nil {
-			f.mu.Lock()
-			if old, ok := f.reports[r.Device]; !ok || old.Epoch != r.Epoch || r.Seq > old.Seq {
-				f.reports[r.Device] = r
-			}
-			f.mu.Unlock()
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
+	observe(f)
 	return f
 }
 

@@ -185,9 +185,9 @@ func startExternalServer(f *cfleet) {
 	f.server.waitLine("Access:")
 }
 
-// observe records the fleet's events and newest reports, like newFleet's
-// observer: a persistent session, so that nothing is missed across
-// restarts of the server.
+// observe records the fleet's events and newest reports with a persistent
+// session, so that nothing is missed across restarts of the server (its
+// session and queue are in the broker's database).
 func observe(f *cfleet) {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
