@@ -97,11 +97,6 @@ func (a *Authenticator) Authorize(p broker.Peer, topic string, write bool) bool 
 	return allowed
 }
 
-// Principal reports who an authenticated peer is.
-func (a *Authenticator) Principal(p broker.Peer) (protocol.Principal, bool) {
-	return a.reg.Principal(p.Username, p.CertCommonName)
-}
-
 // connectLimiter is a token bucket per key, forgotten once full again.
 type connectLimiter struct {
 	burst float64

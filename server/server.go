@@ -157,7 +157,6 @@ type Server struct {
 	httpLn    net.Listener
 	endpoints Endpoints
 	registry  *identity.Registry
-	auth      *identity.Authenticator // nil unless secure
 	cancel    context.CancelFunc
 	done      chan struct{} // closed when the planner stops
 	err       error         // why it stopped; read after done is closed
@@ -278,8 +277,7 @@ func (s *Server) startBroker(ctx context.Context) (plannerConn, error) {
 		Retainable: func(_ broker.Peer, topic string) bool { return cfg.Topics.Retainable(topic) },
 	}
 	if cfg.secure() {
-		s.auth = identity.NewAuthenticator(s.registry, cfg.Topics, cfg.Log.With().Str("part", "acl").Logger())
-		bcfg.Authenticator = s.auth
+		bcfg.Authenticator = identity.NewAuthenticator(s.registry, cfg.Topics, cfg.Log.With().Str("part", "acl").Logger())
 		// Floods are bounded per identity; dev and anonymous servers have
 		// none to bound (and load tests publish fast through them).
 		limit := broker.DefaultPublishLimit
