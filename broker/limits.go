@@ -49,11 +49,7 @@ func (h *publishLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packet
 		return pk, nil
 	}
 	now := time.Now()
-	// One bucket per identity: a token may use many client ids.
-	key := cl.ID
-	if u := string(cl.Properties.Username); u != "" {
-		key = "user:" + u
-	}
+	key := bucketKey(cl)
 	h.mu.Lock()
 	b, ok := h.clients[key]
 	if !ok {
@@ -86,11 +82,16 @@ func (h *publishLimitHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packet
 	return pk, packets.ErrRejectPacket
 }
 
-func (h *publishLimitHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
-	key := cl.ID
+// bucketKey is one bucket per identity: a token may use many client ids.
+func bucketKey(cl *mqtt.Client) string {
 	if u := string(cl.Properties.Username); u != "" {
-		key = "user:" + u
+		return "user:" + u
 	}
+	return cl.ID
+}
+
+func (h *publishLimitHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	key := bucketKey(cl)
 	h.mu.Lock()
 	// Keep a flooding client's empty bucket a while, so reconnecting does
 	// not refill it. (An identity's other connections keep theirs too.)

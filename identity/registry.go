@@ -471,7 +471,9 @@ func (r *Registry) Principal(username, certCN string) (protocol.Principal, bool)
 		return protocol.Principal{Role: protocol.RoleDevice, Name: certCN}, true
 	case strings.HasPrefix(username, protocol.TokenUserPrefix):
 		c, ok := r.creds[store.KindToken+"/"+strings.TrimPrefix(username, protocol.TokenUserPrefix)]
-		if !ok || r.usable(c) != nil && !(c.Role == protocol.RoleEnroll && c.UsesLeft < 1 && c.RevokedAt == nil) {
+		// A used-up enrollment token keeps its principal: the device it
+		// enrolled may ask again (the ACL checks each request, MayEnroll).
+		if err := r.usable(c); !ok || err != nil && !errors.Is(err, ErrUsedUp) {
 			return protocol.Principal{}, false
 		}
 		return protocol.Principal{Role: c.Role, Name: c.ID}, true
