@@ -9,14 +9,11 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
-	"go.etcd.io/bbolt"
 )
 
 // Config of the embedded broker.
@@ -216,14 +213,8 @@ func (b *Broker) setup(auth Authenticator) error {
 		if err := os.MkdirAll(b.cfg.DataDir, 0o700); err != nil {
 			return fmt.Errorf("broker storage %s: %w", path, err)
 		}
-		b.store = newBoltStore(b.log)
-		err := b.srv.AddHook(b.store, &bolt.Options{
-			Path: path,
-			// Fail instead of waiting forever when another broker holds the
-			// file's lock.
-			Options: &bbolt.Options{Timeout: time.Second},
-		})
-		if err != nil {
+		b.store = newBoltStore(path, b.log)
+		if err := b.srv.AddHook(b.store, nil); err != nil {
 			b.store = nil
 			return fmt.Errorf("broker storage %s: %w", path, err)
 		}

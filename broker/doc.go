@@ -2,11 +2,12 @@
 // with a TCP listener, an optional WebSocket listener for dashboards, who may
 // connect (Authenticator), and what survives a restart.
 //
-// Persistence lives in one bbolt file, DataDir/broker.db, written by mochi's
-// bolt storage hook with this package's fixes (see boltStore): retained
-// messages, which carry every device's desired state, and persistent
-// sessions (subscriptions and QoS 1 messages queued for offline clients).
-// Every event is its own bbolt transaction, synced before mochi goes on.
+// Persistence lives in one bbolt file, DataDir/broker.db, in the format of
+// mochi's bolt storage hook (see boltStore): retained messages, which carry
+// every device's desired state, and persistent sessions (subscriptions and
+// QoS 1 messages queued for offline clients). Every event is on disk before
+// mochi goes on; events that happen at once share one transaction and one
+// fsync (group commit, see committer).
 //
 // mochi's options are chosen in serverOptions; each says why. The main one:
 // retained messages never expire, because desired state may legitimately be

@@ -11,7 +11,6 @@ import (
 	"syscall"
 
 	"github.com/gorilla/websocket"
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 )
@@ -32,8 +31,6 @@ func newMochiLogger(log zerolog.Logger, g *gate) *slog.Logger {
 //     reset, keepalive timeout, takeover, refusals that authHook has already
 //     logged): Info "client connection ended". The rest, e.g. a failure to
 //     resend a stored message, stay Warn as "client connection failed".
-//   - The bolt hook logs a missing key as an Error; on a fresh database the
-//     $SYS record is always missing: Debug.
 //
 // mochi goroutines outlive mochi's Close (its event loop, a listener's last
 // log line), so writes pass through a gate that Broker.Close shuts: after
@@ -77,8 +74,6 @@ func (h *zerologHandler) Handle(_ context.Context, r slog.Record) error {
 func classify(r slog.Record) (zerolog.Level, string) {
 	err := recordError(r)
 	switch {
-	case r.Level >= slog.LevelError && errors.Is(err, bolt.ErrKeyNotFound):
-		return zerolog.DebugLevel, r.Message
 	case r.Level >= slog.LevelError:
 		return zerolog.ErrorLevel, r.Message
 	case r.Level >= slog.LevelWarn && r.Message == "" && routineConnEnd(err):

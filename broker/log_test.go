@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 )
@@ -29,8 +28,6 @@ func TestMochiLogger(t *testing.T) {
 	// A listener's end-of-connection lines: routine, then not.
 	log.Warn("", "error", fmt.Errorf("read connection: %w", io.EOF))
 	log.Warn("", "error", fmt.Errorf("resend inflight: %w", packets.ErrProtocolViolationNoPacketID))
-	// The bolt hook on a fresh database: dropped.
-	log.Error("failed to get data", "error", bolt.ErrKeyNotFound, "key", "SYS")
 
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 3 {

@@ -1,18 +1,21 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
-	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/rs/zerolog"
 	"go.etcd.io/bbolt"
 )
 
@@ -219,26 +222,52 @@ func TestPacketIDFromKey(t *testing.T) {
 	}
 }
 
-// The loader restores packet ids from the keys and drops, for good, the
-// records that lost theirs.
-func TestStoredInflightPacketIDs(t *testing.T) {
-	t.Parallel()
-	s := newBoltStore(testLog(t))
+// openStore opens a boltStore on path, as the broker would.
+func openStore(t *testing.T, path string) *boltStore {
+	t.Helper()
+	s := newBoltStore(path, testLog(t))
 	s.SetOpts(newMochiLogger(testLog(t), new(gate)), nil)
-	if err := s.Init(&bolt.Options{Path: filepath.Join(t.TempDir(), DBFile)}); err != nil {
+	if err := s.Init(nil); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Stop()
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
 
-	cl := &mqtt.Client{ID: "device-1"}
-	for _, id := range []uint16{5, 0, 65535} { // as written by bolt.Hook, without the id
-		s.OnQosPublish(cl, packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-			PacketID:    id,
-			TopicName:   "t",
-			Payload:     []byte{byte(id)},
-		}, 0, 0)
+// The loader restores packet ids from the keys of records written without
+// them (by mochi's bolt hook, which this store replaces) and drops, for
+// good, the records that lost theirs.
+func TestStoredInflightPacketIDs(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), DBFile)
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists([]byte(storeBucket))
+		if err != nil {
+			return err
+		}
+		for _, id := range []uint16{5, 0, 65535} {
+			key := fmt.Sprintf("IFM_device-1:%d", id)
+			m := storage.Message{ID: key, T: storage.InflightKey, Client: "device-1", TopicName: "t",
+				FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, Payload: []byte{byte(id)}}
+			data, _ := m.MarshalBinary()
+			if err := b.Put([]byte(key), data); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s := openStore(t, path)
 	for round := range 2 {
 		msgs, err := s.StoredInflightMessages()
 		if err != nil {
@@ -255,5 +284,175 @@ func TestStoredInflightPacketIDs(t *testing.T) {
 		if !slices.Equal(ids, []uint16{5, 65535}) {
 			t.Fatalf("round %d: packet ids %v, want [5 65535]", round, ids)
 		}
+	}
+	var left []string
+	_ = s.each("IFM_", func(data []byte) error {
+		var m storage.Message
+		_ = m.UnmarshalBinary(data)
+		left = append(left, m.ID)
+		return nil
+	})
+	if !slices.Equal(left, []string{"IFM_device-1:5", "IFM_device-1:65535"}) {
+		t.Errorf("records left %v, want the id-0 record deleted", left)
+	}
+}
+
+// Records written by this store come back as they went in, packet ids
+// included, and deletes of one commit happen after its puts.
+func TestStoreRoundTrip(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), DBFile)
+	s := openStore(t, path)
+	cl := &mqtt.Client{ID: "device-1"}
+	for _, id := range []uint16{1, 2, 3} {
+		s.OnQosPublish(cl, packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			PacketID:    id, TopicName: "t", Payload: []byte{byte(id)},
+		}, 0, 0)
+	}
+	s.OnQosComplete(cl, packets.Packet{PacketID: 2})
+	s.OnRetainMessage(cl, packets.Packet{TopicName: "r/1", Payload: []byte("one")}, 1)
+	s.OnRetainMessage(cl, packets.Packet{TopicName: "r/2", Payload: []byte("two")}, 1)
+	s.OnRetainMessage(cl, packets.Packet{TopicName: "r/2"}, -1)
+	s.OnSubscribed(cl, packets.Packet{Filters: packets.Subscriptions{{Filter: "a/#"}, {Filter: "b"}}}, []byte{1, 0})
+	s.OnUnsubscribed(cl, packets.Packet{Filters: packets.Subscriptions{{Filter: "b"}}})
+
+	msgs, err := s.StoredInflightMessages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []uint16
+	for _, m := range msgs {
+		ids = append(ids, m.PacketID)
+	}
+	if !slices.Equal(ids, []uint16{1, 3}) {
+		t.Errorf("inflight ids %v, want [1 3]", ids)
+	}
+	ret, err := s.StoredRetainedMessages()
+	if err != nil || len(ret) != 1 || ret[0].TopicName != "r/1" || string(ret[0].Payload) != "one" {
+		t.Errorf("retained = %+v, %v; want r/1 only", ret, err)
+	}
+	subs, err := s.StoredSubscriptions()
+	if err != nil || len(subs) != 1 || subs[0].Filter != "a/#" || subs[0].Qos != 1 {
+		t.Errorf("subscriptions = %+v, %v; want a/# at QoS 1 only", subs, err)
+	}
+	if info, err := s.StoredSysInfo(); err != nil || info.ID != "" {
+		t.Errorf("sys info on a fresh database = %+v, %v; want none, no error", info, err)
+	}
+}
+
+// Concurrent writers share transactions, and every write is on disk when
+// it returns: reopened, the database holds all of them.
+func TestStoreGroupCommit(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), DBFile)
+	s := newBoltStore(path, testLog(t))
+	s.SetOpts(newMochiLogger(testLog(t), new(gate)), nil)
+	if err := s.Init(nil); err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 50, 20
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			cl := &mqtt.Client{ID: fmt.Sprintf("device-%d", w)}
+			for i := range each {
+				s.OnRetainMessage(cl, packets.Packet{TopicName: fmt.Sprintf("r/%d/%d", w, i), Payload: []byte("x")}, 1)
+			}
+		})
+	}
+	wg.Wait()
+	commits, records := s.w.commits.Load(), s.w.records.Load()
+	if records != writers*each {
+		t.Errorf("%d records committed, want %d", records, writers*each)
+	}
+	if commits >= records {
+		t.Errorf("%d commits for %d records from %d concurrent writers: nothing was shared", commits, records, writers)
+	}
+	t.Logf("%d records in %d commits", records, commits)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = openStore(t, path)
+	ret, err := s.StoredRetainedMessages()
+	if err != nil || len(ret) != writers*each {
+		t.Fatalf("reopened: %d retained messages, %v; want %d", len(ret), err, writers*each)
+	}
+}
+
+// A record bbolt refuses (a key over its 32 KiB limit) is lost alone: the
+// records committed with it are stored.
+func TestStoreRefusedRecord(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, filepath.Join(t.TempDir(), DBFile))
+	long := strings.Repeat("x", 40000)
+	err := s.w.write(
+		record{key: "RET_ok/1", value: []byte(`{"topic_name":"ok/1"}`)},
+		record{key: "RET_" + long, value: []byte(`{}`)},
+		record{key: "RET_ok/2", value: []byte(`{"topic_name":"ok/2"}`)},
+	)
+	if !errors.Is(err, bbolt.ErrKeyTooLarge) {
+		t.Errorf("write error = %v, want ErrKeyTooLarge", err)
+	}
+	var keys []string
+	_ = s.each("RET_", func(data []byte) error {
+		var m storage.Message
+		if err := m.UnmarshalBinary(data); err != nil {
+			return err
+		}
+		keys = append(keys, m.TopicName)
+		return nil
+	})
+	if !slices.Equal(keys, []string{"ok/1", "ok/2"}) {
+		t.Errorf("stored %v, want [ok/1 ok/2]", keys)
+	}
+}
+
+// Writes after Stop are dropped, not a panic or a hang (mochi's event loop
+// may still tick after it stopped the hooks).
+func TestStoreAfterStop(t *testing.T) {
+	t.Parallel()
+	s := openStore(t, filepath.Join(t.TempDir(), DBFile))
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	s.OnRetainMessage(&mqtt.Client{ID: "c"}, packets.Packet{TopicName: "t", Payload: []byte("x")}, 1)
+	if _, err := s.StoredRetainedMessages(); err == nil {
+		t.Error("StoredRetainedMessages after Stop: no error")
+	}
+	if err := s.w.write(record{key: "k", value: []byte("v")}); !errors.Is(err, errStoreClosed) {
+		t.Errorf("write after close = %v, want errStoreClosed", err)
+	}
+}
+
+// BenchmarkStoreRetained measures retained messages stored per second by
+// one writer and by many at once (as many devices publishing their state
+// after a restart): each write returns once it is on disk.
+func BenchmarkStoreRetained(b *testing.B) {
+	for _, writers := range []int{1, 64, 1024} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			s := newBoltStore(filepath.Join(b.TempDir(), DBFile), zerolog.Nop())
+			s.SetOpts(newMochiLogger(zerolog.Nop(), new(gate)), nil)
+			if err := s.Init(nil); err != nil {
+				b.Fatal(err)
+			}
+			defer s.Stop()
+			payload := []byte(strings.Repeat("r", 400)) // a device's report
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for w := range writers {
+				wg.Go(func() {
+					cl := &mqtt.Client{ID: fmt.Sprintf("device-%d", w)}
+					for next.Add(1) <= int64(b.N) {
+						s.OnRetainMessage(cl, packets.Packet{TopicName: "tether/v1/devices/" + cl.ID + "/reported", Payload: payload}, 1)
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(s.w.records.Load())/float64(max(s.w.commits.Load(), 1)), "records/commit")
+		})
 	}
 }
