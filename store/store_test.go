@@ -189,3 +189,51 @@ func TestUpdateDevicesSurvivesABadRecord(t *testing.T) {
 		}
 	}
 }
+
+func TestEditDevicesReportsEachFailureAndWritesTheRest(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"))
+	defer s.Close()
+	err := s.UpdateDevices(map[string][]func(*DeviceRecord){
+		"a": {func(d *DeviceRecord) { d.Desired = &protocol.Desired{Device: "a", Generation: 1} }},
+		"b": {func(d *DeviceRecord) { d.Desired = &protocol.Desired{Device: "b", Generation: 7} }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketDevices).Put([]byte("bad"), []byte("{not json")) })
+	boom := errors.New("boom")
+	var seen []string
+	failed, err := s.EditDevices(map[string]func(*DeviceRecord) error{
+		"a":   func(d *DeviceRecord) error { seen = append(seen, d.ID); d.Desired.Generation++; return nil },
+		"b":   func(d *DeviceRecord) error { seen = append(seen, d.ID); d.Desired = nil; return boom },
+		"bad": func(d *DeviceRecord) error { seen = append(seen, d.ID); return nil },
+		"new": func(d *DeviceRecord) error { seen = append(seen, d.ID); d.Published = true; return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(seen, ",") != "a,b,new" {
+		t.Errorf("functions ran for %v, want a, b and new in id order (not the unreadable one)", seen)
+	}
+	if len(failed) != 2 || !errors.Is(failed["b"], boom) || failed["bad"] == nil || !strings.Contains(failed["bad"].Error(), "bad") {
+		t.Fatalf("failures %v, want b's boom and bad's decoding error", failed)
+	}
+	if d, err := s.Device("a"); err != nil || d.Generation() != 2 {
+		t.Errorf("a: %+v %v, want generation 2", d, err)
+	}
+	if d, err := s.Device("b"); err != nil || d.Generation() != 7 {
+		t.Errorf("b: %+v %v, want it untouched at generation 7", d, err)
+	}
+	if d, err := s.Device("new"); err != nil || !d.Published || d.ID != "new" {
+		t.Errorf("new: %+v %v", d, err)
+	}
+	s.db.View(func(tx *bolt.Tx) error {
+		if raw := tx.Bucket(bucketDevices).Get([]byte("bad")); string(raw) != "{not json" {
+			t.Errorf("the unreadable record became %q", raw)
+		}
+		return nil
+	})
+	if failed, err := s.EditDevices(map[string]func(*DeviceRecord) error{"a": func(*DeviceRecord) error { return nil }}); failed != nil || err != nil {
+		t.Errorf("an edit without failures: %v %v", failed, err)
+	}
+}
