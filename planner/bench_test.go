@@ -2,17 +2,12 @@ package planner
 
 import (
 	"context"
-	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/tether-edge/tether/broker"
 	"github.com/tether-edge/tether/bus"
-	"github.com/tether-edge/tether/planner/core"
-	"github.com/tether-edge/tether/protocol"
-	"github.com/tether-edge/tether/store"
 )
 
 // BenchmarkPublishDesired measures one pass of publishDesired in which
@@ -40,55 +35,21 @@ func benchPublishDesired(b *testing.B, brokerDir string) {
 	b.Cleanup(func() { brk.Close() })
 	client := bus.NewInline(brk)
 	b.Cleanup(client.Close)
-	st, err := store.Open(filepath.Join(b.TempDir(), "planner.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-
-	now := time.Now()
-	changes := map[string][]func(*store.DeviceRecord){}
-	for i := 0; i < devices; i++ {
-		id := fmt.Sprintf("dev-%05d", i)
-		changes[id] = append(changes[id], func(d *store.DeviceRecord) {
-			d.Facts = &protocol.Facts{Device: id, Arch: "arm64", OS: "linux", CPUCores: 4, CPUMHz: 1500, MemoryMB: 2048, Drivers: []string{"exec", "podman"}}
-			d.Presence = &protocol.Presence{Device: id, Status: protocol.Online, Since: &now}
-			d.PresenceChangedAt = now
-		})
-	}
-	if err := st.UpdateDevices(changes); err != nil {
-		b.Fatal(err)
-	}
-	job, err := protocol.ParseJob([]byte(`{"id":"agent","type":"system","groups":[{"name":"a","tasks":[{"name":"t","driver":"exec","config":{"command":["/bin/true"]},"resources":{"cpu":100,"memory":64}}]}]}`))
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := New(Config{Bus: client, Store: st, Log: zerolog.Nop()})
-	snap, _, _, err := p.snapshot()
-	if err != nil {
-		b.Fatal(err)
-	}
-	running := snap
-	running.Jobs = []core.Job{{Job: job, Version: 1}}
-	runPlan := core.Compute(running, now)
-	if len(runPlan.Allocations) != devices {
-		b.Fatalf("the system job placed %d allocations on %d devices", len(runPlan.Allocations), devices)
-	}
-	stopped := snap
-	stopped.Jobs = []core.Job{{Job: job, Version: 1, Stopped: true}}
-	stopPlan := core.Plan{}
+	f := newFleet(b, devices)
+	p := New(Config{Bus: client, Store: f.store, Log: zerolog.Nop()})
 
 	ctx := context.Background()
+	now := time.Now()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		records, err := st.Devices()
+		records, err := f.store.Devices()
 		if err != nil {
 			b.Fatal(err)
 		}
-		s, plan := running, runPlan
+		s, plan := f.running, f.runPlan
 		if i%2 == 1 {
-			s, plan = stopped, stopPlan
+			s, plan = f.stopped, f.stopPlan
 		}
 		b.StartTimer()
 		if err := p.publishDesired(ctx, s, records, plan, now); err != nil {
@@ -97,7 +58,7 @@ func benchPublishDesired(b *testing.B, brokerDir string) {
 	}
 	b.StopTimer()
 	// Every device holds the last pass's generation, acknowledged.
-	records, err := st.Devices()
+	records, err := f.store.Devices()
 	if err != nil {
 		b.Fatal(err)
 	}

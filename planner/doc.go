@@ -7,6 +7,8 @@
 // The planner talks to MQTT only through the Bus interface, so it runs the
 // same against the embedded broker and an external one.
 //
-// Concurrency: Run owns one goroutine that does all the work; Bus handlers
-// only enqueue.
+// Concurrency: Run owns one goroutine that does all the work, but for
+// signing and publishing desired documents, which a bounded pool of
+// goroutines does in parallel; only Run's goroutine uses the store. Bus
+// handlers only enqueue.
 package planner
