@@ -609,11 +609,17 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, record
 	// Mark what the broker acknowledged, in one transaction, unless a
 	// newer generation was decided meanwhile.
 	marks := map[string]func(*store.DeviceRecord) error{}
+	// A line per device says which generation each got; a fleet-wide
+	// change logs one line, with the per-device lines at debug level.
+	perDevice := zerolog.InfoLevel
+	if len(send) > logEachDesired {
+		perDevice = zerolog.DebugLevel
+	}
 	for _, o := range send {
 		if o.err != nil {
 			continue
 		}
-		p.log.Info().Str("device", o.id).Uint64("generation", o.doc.Generation).Int("allocations", len(o.doc.Allocations)).Msg("desired published")
+		p.log.WithLevel(perDevice).Str("device", o.id).Uint64("generation", o.doc.Generation).Int("allocations", len(o.doc.Allocations)).Msg("desired published")
 		gen := o.doc.Generation
 		marks[o.id] = func(d *store.DeviceRecord) error {
 			if d.Generation() == gen {
@@ -621,6 +627,9 @@ func (p *Planner) publishDesired(ctx context.Context, snap core.Snapshot, record
 			}
 			return nil
 		}
+	}
+	if perDevice != zerolog.InfoLevel && len(marks) > 0 {
+		p.log.Info().Int("devices", len(marks)).Int("failed", len(send)-len(marks)).Msg("desired published")
 	}
 	var markErr error
 	if len(marks) > 0 {
@@ -659,6 +668,10 @@ type outgoing struct {
 	doc *protocol.Desired
 	err error
 }
+
+// logEachDesired is how many desired documents one pass may publish and
+// still log a line for each at info level.
+const logEachDesired = 20
 
 // publishAll signs and publishes every document of out, up to publishers
 // at once, each with its own timeout, and records each outcome in its err.
