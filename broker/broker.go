@@ -222,6 +222,9 @@ func (b *Broker) setup(auth Authenticator) error {
 	if err := b.srv.AddHook(&expiryHook{srv: b.srv, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add session expiry hook: %w", err)
 	}
+	if err := b.srv.AddHook(&takeoverHook{srv: b.srv}, nil); err != nil {
+		return fmt.Errorf("add takeover hook: %w", err)
+	}
 	if err := b.srv.AddHook(&authHook{auth: auth, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)
 	}

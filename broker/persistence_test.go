@@ -456,3 +456,65 @@ func BenchmarkStoreRetained(b *testing.B) {
 		})
 	}
 }
+
+// A connection taken over by a new one with the same client id leaves no
+// will: the client is connected, and a will sent by the old connection's
+// goroutine after the new connection's first messages would leave its
+// retained presence "offline" while it is online.
+func TestTakenOverSessionSendsNoWill(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, Config{DataDir: t.TempDir(), AllowAnonymousLoopback: true})
+	url := "tcp://" + b.MQTTAddr()
+	const id, topic = "device-1", "t/v1/devices/device-1/presence"
+	withWill := func(o *paho.ClientOptions) { o.SetBinaryWill(topic, []byte("offline"), 1, true) }
+
+	msgs := make(chan paho.Message, 16)
+	watcher := mustConnect(t, url, clientID("watcher"), deliverTo(msgs))
+	wait(t, "subscribe", watcher.Subscribe(topic, 1, nil))
+
+	lost := make(chan struct{})
+	old := mustConnect(t, url, persistent(id), withWill, func(o *paho.ClientOptions) {
+		o.SetConnectionLostHandler(func(paho.Client, error) { close(lost) })
+	})
+	wait(t, "online", old.Publish(topic, 1, true, "online-1"))
+	if got := string(receive(t, msgs, 1)[0].Payload()); got != "online-1" {
+		t.Fatalf("got %q, want online-1", got)
+	}
+
+	cur := mustConnect(t, url, persistent(id), withWill)
+	select {
+	case <-lost:
+	case <-time.After(waitTimeout):
+		t.Fatal("the old connection was not closed")
+	}
+	wait(t, "online again", cur.Publish(topic, 1, true, "online-2"))
+	for {
+		select {
+		case m := <-msgs:
+			if string(m.Payload()) == "offline" {
+				t.Fatal("the taken-over connection sent its will")
+			}
+			if string(m.Payload()) != "online-2" {
+				t.Fatalf("unexpected %q", m.Payload())
+			}
+			continue
+		case <-time.After(500 * time.Millisecond):
+			// mochi sends an old connection's will as soon as its reader
+			// ends, well within this.
+		}
+		break
+	}
+	if got := b.srv.Topics.Messages(topic); len(got) != 1 || string(got[0].Payload) != "online-2" {
+		t.Errorf("retained presence = %v, want online-2", got)
+	}
+
+	// A connection that ends otherwise still sends its will.
+	cl, ok := b.srv.Clients.Get(id)
+	if !ok {
+		t.Fatal("device-1 is not connected")
+	}
+	_ = b.srv.DisconnectClient(cl, packets.ErrUnspecifiedError)
+	if got := string(receive(t, msgs, 1)[0].Payload()); got != "offline" {
+		t.Errorf("after a dropped connection got %q, want its will", got)
+	}
+}

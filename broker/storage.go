@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -407,4 +408,31 @@ func (h *expiryHook) OnClientExpired(cl *mqtt.Client) {
 		cl.ClearInflights()
 		h.log.Info().Str("client", cl.ID).Int("dropped_messages", queued).Msg("session expired")
 	})
+}
+
+// takeoverHook keeps a session taken over from leaving a last will.
+//
+// When a client connects with the id of a connected client, mochi closes
+// the old connection, whose goroutine then sends the old connection's will,
+// at whatever moment it gets to it. Under load that is after the new
+// connection's own first messages: a device that reconnected during a
+// reconnect storm (its first CONNECT timed out on its side, its second took
+// over the first) published "online", and then its old connection's will
+// set its retained presence to "offline" for good — 15 of 18,000 devices
+// after one server restart. The client is connected; the will is not its
+// last word. Clearing the old connection's will before mochi closes it
+// (OnSessionEstablish runs before the takeover) keeps it from being sent.
+type takeoverHook struct {
+	mqtt.HookBase
+	srv *mqtt.Server
+}
+
+func (h *takeoverHook) ID() string { return "tether-takeover" }
+
+func (h *takeoverHook) Provides(b byte) bool { return b == mqtt.OnSessionEstablish }
+
+func (h *takeoverHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if old, ok := h.srv.Clients.Get(cl.ID); ok && old != cl {
+		atomic.StoreUint32(&old.Properties.Will.Flag, 0)
+	}
 }
