@@ -109,6 +109,9 @@ func (p *Planner) Run(ctx context.Context) error {
 	// Publish whatever a previous run decided but could not deliver, and
 	// whatever the store implies, before waiting for news.
 	next := p.reconcile(ctx)
+	// Dry runs asked while catching up are answered now: a quiet fleet may
+	// send nothing more that would wake the loop below.
+	p.answerDryRuns(ctx)
 	ticker := time.NewTicker(p.cfg.Resync)
 	defer ticker.Stop()
 	// evalTimer fires when an allocation becomes lost (the plan says when),

@@ -77,9 +77,11 @@ func (f *fixture) dial() *bus.Client {
 	return c
 }
 
-func (f *fixture) startPlanner() {
+func (f *fixture) startPlanner() { f.startPlannerOn(f.dial()) }
+
+func (f *fixture) startPlannerOn(b Bus) {
 	f.t.Helper()
-	p := New(Config{Bus: f.dial(), Store: f.store, Topics: f.topics, Log: f.log.With().Str("part", "planner").Logger()})
+	p := New(Config{Bus: b, Store: f.store, Topics: f.topics, Log: f.log.With().Str("part", "planner").Logger()})
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.done = make(chan error, 1)

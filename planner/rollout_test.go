@@ -1,12 +1,15 @@
 package planner
 
 import (
+	"context"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tether-edge/tether/bus"
 	"github.com/tether-edge/tether/protocol"
 )
 
@@ -266,6 +269,37 @@ func TestDrainMovesServiceAllocations(t *testing.T) {
 // A planner that restarts applies what arrived while it was down before it
 // plans: a document the operator published meanwhile is not overwritten by
 // an auto-revert planned from the stale store.
+// askDuringCatchUp is the planner's own bus, which asks for a dry run just
+// before the planner's catch-up barrier: the request arrives while the
+// planner applies the retained state at start.
+type askDuringCatchUp struct {
+	*bus.Client
+	topic, doc string
+	once       sync.Once
+}
+
+func (b *askDuringCatchUp) Barrier(ctx context.Context, root string) error {
+	var err error
+	b.once.Do(func() { err = b.Publish(ctx, b.topic, []byte(b.doc), false, 1) })
+	if err != nil {
+		return err
+	}
+	return b.Client.Barrier(ctx, root)
+}
+
+// A dry run asked while the planner catches up after a start is answered
+// although nothing else happens afterwards: after a restart under a quiet
+// fleet, tether job plan waited for minutes.
+func TestDryRunDuringCatchUpIsAnswered(t *testing.T) {
+	f := newFixture(t)
+	f.device("a", 1000, 1024, nil)
+	f.startPlannerOn(&askDuringCatchUp{Client: f.dial(), topic: f.topics.Plan("at-start"), doc: webJob})
+	res := wait(f, f.topics.PlanResult("at-start"), protocol.DecodePlanResult, "the dry run's answer", func(protocol.PlanResult) bool { return true })
+	if len(res.Place) == 0 {
+		t.Errorf("dry run of a new job places nothing: %+v", res)
+	}
+}
+
 func TestRestartAppliesRetainedStateBeforePlanning(t *testing.T) {
 	f := newFixture(t)
 	devs := []string{"a", "b"}
