@@ -79,7 +79,8 @@ func FuzzDecodePlanResult(f *testing.F) { fuzzDecoder(f, DecodePlanResult) }
 
 func FuzzParseTopic(f *testing.F) {
 	var tp Topics
-	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), tp.DeviceIndex(12), "tether/v1/fleet/devices/007", "tether/v1/devices/+/x", "#", ""} {
+	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), tp.DeviceIndex(12), "tether/v1/fleet/devices/007",
+		tp.Promote("a"), tp.History("a"), tp.Plan("n"), tp.PlanResult("n"), "tether/v1/devices/+/x", "#", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, topic string) {
@@ -96,6 +97,14 @@ func FuzzParseTopic(f *testing.F) {
 			rebuilt = tp.Job(id)
 		case KindJobStatus:
 			rebuilt = tp.JobStatus(id)
+		case KindPromote:
+			rebuilt = tp.Promote(id)
+		case KindHistory:
+			rebuilt = tp.History(id)
+		case KindPlan:
+			rebuilt = tp.Plan(id)
+		case KindPlanResult:
+			rebuilt = tp.PlanResult(id)
 		case KindDeviceIndex:
 			n, err := ParsePage(id)
 			if err != nil {
