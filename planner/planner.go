@@ -44,6 +44,10 @@ type Config struct {
 	// published (the stored copy stays unsigned, so a key rotation needs no
 	// rewrite). It is called from up to publishers goroutines at once.
 	Sign func(protocol.Desired) (protocol.Desired, error)
+	// IndexPageSize is how many devices a page of the device index holds;
+	// 0 means DeviceIndexPageSize. Tests lower it to cover several pages
+	// with a few devices.
+	IndexPageSize int
 }
 
 // Planner turns job documents into placements. Create it with New and run
@@ -379,6 +383,9 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	}
 	statuses, err := p.publishStatus(ctx, snap, heads, plan, now)
 	if err != nil {
+		errs = append(errs, err)
+	}
+	if err := p.publishDeviceIndex(ctx, records, now); err != nil {
 		errs = append(errs, err)
 	}
 	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
