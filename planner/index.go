@@ -41,7 +41,7 @@ func BuildDeviceIndex(records []store.DeviceRecord, pageSize int) []protocol.Dev
 		if r.Facts == nil && r.Presence == nil && r.Reported == nil && r.Scheduling == nil {
 			continue
 		}
-		briefs = append(briefs, deviceBrief(r))
+		briefs = append(briefs, DeviceBrief(r))
 	}
 	sort.Slice(briefs, func(i, j int) bool { return briefs[i].ID < briefs[j].ID })
 	n := max(1, (len(briefs)+pageSize-1)/pageSize)
@@ -53,7 +53,10 @@ func BuildDeviceIndex(records []store.DeviceRecord, pageSize int) []protocol.Dev
 	return pages
 }
 
-func deviceBrief(r store.DeviceRecord) protocol.DeviceBrief {
+// DeviceBrief is a device's entry in the index, from its record. Without a
+// time of its own, a presence's Since is the record's PresenceChangedAt;
+// ReportedAt is the record's.
+func DeviceBrief(r store.DeviceRecord) protocol.DeviceBrief {
 	b := protocol.DeviceBrief{ID: r.ID}
 	if pr := r.Presence; pr != nil {
 		since := pr.Since
