@@ -381,11 +381,14 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 	if err := p.publishDesired(ctx, snap, records, plan, now); err != nil {
 		errs = append(errs, err)
 	}
-	statuses, err := p.publishStatus(ctx, snap, heads, plan, now)
-	if err != nil {
+	// The device index goes out before the job statuses: whoever sees a
+	// status that counts a device's report (`tether job run` waiting for
+	// running) then finds the report in `tether device list` too.
+	if err := p.publishDeviceIndex(ctx, records, now); err != nil {
 		errs = append(errs, err)
 	}
-	if err := p.publishDeviceIndex(ctx, records, now); err != nil {
+	statuses, err := p.publishStatus(ctx, snap, heads, plan, now)
+	if err != nil {
 		errs = append(errs, err)
 	}
 	if err := p.publishSummary(ctx, snap, statuses, now); err != nil {
