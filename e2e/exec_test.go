@@ -61,16 +61,12 @@ groups:
 	ed.waitLine("") // started
 	eventually(t, 30*time.Second, "the new edged to report the adopted task", func() bool {
 		r := run(t, env, "tether", "device", "list", "-o", "json")
-		var devs []struct {
-			ID          string                 `json:"id"`
-			Presence    *protocol.Presence     `json:"presence"`
-			Allocations []protocol.AllocStatus `json:"allocations"`
-		}
+		var devs []protocol.DeviceBrief
 		if json.Unmarshal([]byte(r.stdout), &devs) != nil {
 			return false
 		}
 		for _, d := range devs {
-			if d.ID == "exec-dev" && d.Presence != nil && d.Presence.Status == protocol.Online && len(d.Allocations) == 1 && d.Allocations[0].State == protocol.AllocRunning {
+			if d.ID == "exec-dev" && d.Presence != nil && d.Presence.Status == protocol.Online && d.AllocationsTotal == 1 && d.AllocationsRunning == 1 {
 				return true
 			}
 		}

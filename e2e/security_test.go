@@ -54,10 +54,12 @@ func TestSecurity(t *testing.T) {
 			t.Fatal(err)
 		}
 		watch.waitMsg(t, s.topics.Presence("good"), "legit-good")
-		out := s.must(t, op, "device", "list")
-		if !strings.Contains(out, "good") || !strings.Contains(out, "online") {
-			t.Errorf("device list does not show good online:\n%s", out)
-		}
+		// The list comes from the planner's device index, which follows
+		// the presence by a pass.
+		eventually(t, secWait, "device list to show good online", func() bool {
+			out := s.must(t, op, "device", "list")
+			return strings.Contains(out, "good") && strings.Contains(out, "online")
+		})
 	})
 
 	// The CLI needs a token, and says so; with the bootstrap token file and

@@ -44,6 +44,10 @@ type Config struct {
 	// published (the stored copy stays unsigned, so a key rotation needs no
 	// rewrite). It is called from up to publishers goroutines at once.
 	Sign func(protocol.Desired) (protocol.Desired, error)
+	// IndexPageSize is how many devices a page of the device index holds;
+	// 0 means DeviceIndexPageSize. Tests lower it to cover several pages
+	// with a few devices.
+	IndexPageSize int
 }
 
 // Planner turns job documents into placements. Create it with New and run
@@ -378,6 +382,12 @@ func (p *Planner) reconcileOnce(ctx context.Context) (time.Time, error) {
 		errs = append(errs, err)
 	}
 	if err := p.publishDesired(ctx, snap, records, plan, now); err != nil {
+		errs = append(errs, err)
+	}
+	// The device index goes out before the job statuses: whoever sees a
+	// status that counts a device's report (`tether job run` waiting for
+	// running) then finds the report in `tether device list` too.
+	if err := p.publishDeviceIndex(ctx, records, now); err != nil {
 		errs = append(errs, err)
 	}
 	statuses, err := p.publishStatus(ctx, snap, heads, plan, now)

@@ -31,6 +31,10 @@ type fixture struct {
 
 	cancel context.CancelFunc
 	done   chan error
+
+	// indexPageSize, when set before startPlanner, is the planner's
+	// IndexPageSize.
+	indexPageSize int
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -81,7 +85,7 @@ func (f *fixture) startPlanner() { f.startPlannerOn(f.dial()) }
 
 func (f *fixture) startPlannerOn(b Bus) {
 	f.t.Helper()
-	p := New(Config{Bus: b, Store: f.store, Topics: f.topics, Log: f.log.With().Str("part", "planner").Logger()})
+	p := New(Config{Bus: b, Store: f.store, Topics: f.topics, Log: f.log.With().Str("part", "planner").Logger(), IndexPageSize: f.indexPageSize})
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	f.done = make(chan error, 1)

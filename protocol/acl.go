@@ -92,6 +92,7 @@ var viewerRead = [][]string{
 	{"jobs", "+", "status"},
 	{"jobs", "+", "history"},
 	{"fleet", "summary"},
+	{"fleet", "devices", "+"},
 	{"devices", "+", "presence"},
 	{"devices", "+", "facts"},
 	{"devices", "+", "reported"},
@@ -239,7 +240,7 @@ func (t Topics) Retainable(topic string) bool {
 		return false
 	}
 	switch kind {
-	case KindJob, KindJobStatus, KindHistory, KindDesired, KindReported, KindPresence, KindFacts, KindScheduling:
+	case KindJob, KindJobStatus, KindHistory, KindDesired, KindReported, KindPresence, KindFacts, KindScheduling, KindDeviceIndex:
 		return true
 	}
 	return false

@@ -44,6 +44,9 @@ func TestAllowed(t *testing.T) {
 		{devA, "a", "tether/v1/sync/a/+", false, true},
 		{devA, "a", "tether/v1/sync/b/x1", true, false},
 		{devA, "a", "tether/v1/sync/a/#", false, false},
+		{devA, "a", "tether/v1/fleet/devices/+", false, false},
+		{devA, "a", "tether/v1/fleet/devices/0", false, false},
+		{devA, "a", "tether/v1/fleet/devices/0", true, false},
 		// An operator: jobs, promotions, scheduling, dry runs, its own admin.
 		{op, opCID, "tether/v1/jobs/hello", true, true},
 		{op, opCID, "tether/v1/jobs/hello/promote", true, true},
@@ -61,10 +64,20 @@ func TestAllowed(t *testing.T) {
 		{op, opCID, "tether/v1/admin/999999999999/n1/result", false, false},
 		{op, opCID, "#", false, false},
 		{op, opCID, "tether/v1/sync/" + opCID + "/x", true, true},
+		{op, opCID, "tether/v1/fleet/devices/+", false, true},
+		{op, opCID, "tether/v1/fleet/devices/0", false, true},
+		{op, opCID, "tether/v1/fleet/devices/0", true, false},
+		{op, opCID, "tether/v1/fleet/summary", true, false},
 		// A viewer: status only.
 		{viewer, vCID, "tether/v1/jobs/+/status", false, true},
 		{viewer, vCID, "tether/v1/jobs/hello/history", false, true},
 		{viewer, vCID, "tether/v1/fleet/summary", false, true},
+		{viewer, vCID, "tether/v1/fleet/devices/+", false, true},
+		{viewer, vCID, "tether/v1/fleet/devices/3", false, true},
+		{viewer, vCID, "tether/v1/fleet/devices/0", true, false},
+		{viewer, vCID, "tether/v1/fleet/devices/#", false, false},
+		{viewer, vCID, "tether/v1/fleet/#", false, false},
+		{viewer, vCID, "tether/v1/fleet/+", false, false},
 		{viewer, vCID, "tether/v1/devices/+/presence", false, true},
 		{viewer, vCID, "tether/v1/devices/a/events", false, true},
 		{viewer, vCID, "tether/v1/devices/+/desired", false, false},
@@ -83,8 +96,10 @@ func TestAllowed(t *testing.T) {
 		{enroll, "newdev", "tether/v1/enroll/eeeeeeeeeeee/+/result", false, false},
 		{enroll, "newdev", "tether/v1/devices/newdev/presence", true, false},
 		{enroll, "newdev", "tether/v1/devices/newdev/desired", false, false},
+		{enroll, "newdev", "tether/v1/fleet/devices/+", false, false},
 		// The planner: everything.
 		{Principal{Role: RolePlanner}, "p", "#", false, true},
+		{Principal{Role: RolePlanner}, "p", "tether/v1/fleet/devices/0", true, true},
 	}
 	for _, c := range cases {
 		if got := tp.Allowed(c.p, c.cid, c.topic, c.write); got != c.want {
@@ -166,8 +181,9 @@ func TestRetainable(t *testing.T) {
 	for topic, want := range map[string]bool{
 		tp.Job("j"): true, tp.JobStatus("j"): true, tp.History("j"): true, tp.Desired("d"): true,
 		tp.Reported("d"): true, tp.Presence("d"): true, tp.Facts("d"): true, tp.Scheduling("d"): true,
-		tp.FleetSummary(): true,
-		tp.Events("d"):    false, tp.Promote("j"): false, tp.Plan("n"): false, tp.PlanResult("n"): false,
+		tp.FleetSummary(): true, tp.DeviceIndex(0): true, tp.DeviceIndex(41): true,
+		tp.DeviceIndexFilter(): false, "tether/v1/fleet/devices/01": false,
+		tp.Events("d"): false, tp.Promote("j"): false, tp.Plan("n"): false, tp.PlanResult("n"): false,
 		tp.Admin("o", "n"): false, tp.Enroll("e", "d"): false, "tether/v1/sync/c/x": false, "other": false,
 	} {
 		if got := tp.Retainable(topic); got != want {

@@ -63,13 +63,14 @@ func fuzzDecoder[T any](f *testing.F, dec func([]byte) (T, error)) {
 	})
 }
 
-func FuzzDecodeDesired(f *testing.F)      { fuzzDecoder(f, DecodeDesired) }
-func FuzzDecodeReported(f *testing.F)     { fuzzDecoder(f, DecodeReported) }
-func FuzzDecodePresence(f *testing.F)     { fuzzDecoder(f, DecodePresence) }
-func FuzzDecodeFacts(f *testing.F)        { fuzzDecoder(f, DecodeFacts) }
-func FuzzDecodeEvent(f *testing.F)        { fuzzDecoder(f, DecodeEvent) }
-func FuzzDecodeJobStatus(f *testing.F)    { fuzzDecoder(f, DecodeJobStatus) }
-func FuzzDecodeFleetSummary(f *testing.F) { fuzzDecoder(f, DecodeFleetSummary) }
+func FuzzDecodeDesired(f *testing.F)         { fuzzDecoder(f, DecodeDesired) }
+func FuzzDecodeReported(f *testing.F)        { fuzzDecoder(f, DecodeReported) }
+func FuzzDecodePresence(f *testing.F)        { fuzzDecoder(f, DecodePresence) }
+func FuzzDecodeFacts(f *testing.F)           { fuzzDecoder(f, DecodeFacts) }
+func FuzzDecodeEvent(f *testing.F)           { fuzzDecoder(f, DecodeEvent) }
+func FuzzDecodeJobStatus(f *testing.F)       { fuzzDecoder(f, DecodeJobStatus) }
+func FuzzDecodeFleetSummary(f *testing.F)    { fuzzDecoder(f, DecodeFleetSummary) }
+func FuzzDecodeDeviceIndexPage(f *testing.F) { fuzzDecoder(f, DecodeDeviceIndexPage) }
 
 func FuzzDecodePromote(f *testing.F)    { fuzzDecoder(f, DecodePromote) }
 func FuzzDecodeScheduling(f *testing.F) { fuzzDecoder(f, DecodeScheduling) }
@@ -78,7 +79,8 @@ func FuzzDecodePlanResult(f *testing.F) { fuzzDecoder(f, DecodePlanResult) }
 
 func FuzzParseTopic(f *testing.F) {
 	var tp Topics
-	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), "tether/v1/devices/+/x", "#", ""} {
+	for _, s := range []string{tp.Job("a"), tp.JobStatus("a"), tp.Desired("d"), tp.Events("d"), tp.DeviceIndex(12), "tether/v1/fleet/devices/007",
+		tp.Promote("a"), tp.History("a"), tp.Plan("n"), tp.PlanResult("n"), "tether/v1/devices/+/x", "#", ""} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, topic string) {
@@ -95,6 +97,20 @@ func FuzzParseTopic(f *testing.F) {
 			rebuilt = tp.Job(id)
 		case KindJobStatus:
 			rebuilt = tp.JobStatus(id)
+		case KindPromote:
+			rebuilt = tp.Promote(id)
+		case KindHistory:
+			rebuilt = tp.History(id)
+		case KindPlan:
+			rebuilt = tp.Plan(id)
+		case KindPlanResult:
+			rebuilt = tp.PlanResult(id)
+		case KindDeviceIndex:
+			n, err := ParsePage(id)
+			if err != nil {
+				t.Fatalf("Parse(%q) returned page %q: %v", topic, id, err)
+			}
+			rebuilt = tp.DeviceIndex(n)
 		default:
 			rebuilt = tp.Device(id, kind)
 		}
@@ -136,7 +152,7 @@ func FuzzVerifyDesired(f *testing.F) {
 // never lets a device write outside its own topics.
 func FuzzAllowed(f *testing.F) {
 	var tp Topics
-	for _, s := range []string{tp.Desired("a"), tp.Reported("b"), "tether/v1/#", "#", "tether/v1/sync/a/x", "tether/v1/devices/a/+", "tether/v1/devices/+/presence"} {
+	for _, s := range []string{tp.Desired("a"), tp.Reported("b"), "tether/v1/#", "#", "tether/v1/sync/a/x", "tether/v1/devices/a/+", "tether/v1/devices/+/presence", tp.DeviceIndex(0)} {
 		f.Add(s, "a", true)
 	}
 	f.Fuzz(func(t *testing.T, topic, clientID string, write bool) {

@@ -15,6 +15,8 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 func intp(i int) *int { return &i }
 
+func boolp(b bool) *bool { return &b }
+
 // goldenMessages are encoded and compared with testdata/golden/NAME.json,
 // then decoded back: the wire format is reviewable as a diff.
 func goldenMessages() map[string]any {
@@ -57,7 +59,13 @@ func goldenMessages() map[string]any {
 		"adminresult": AdminResult{OK: true, Token: "0a1b2c3d4e5f.c2VjcmV0", Tokens: []TokenInfo{{ID: "0a1b2c3d4e5f", Role: RoleEnroll, Name: "batch 7",
 			CreatedAt: at, ExpiresAt: &at, UsesLeft: 500, Labels: map[string]string{"site": "berlin"}}}},
 		"enrollrequest": EnrollRequest{Device: "pi-07", Secret: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
-		"enrollresult":  EnrollResult{Device: "pi-07", OK: true, Labels: map[string]string{"site": "berlin"}, PlannerKeys: []string{EncodeKey(goldenKey().Public().(ed25519.PublicKey))}},
+		"deviceindex": DeviceIndexPage{Page: 1, Pages: 3, UpdatedAt: at, Devices: []DeviceBrief{
+			{ID: "pi-07", Presence: &PresenceBrief{Status: Online, Since: &at},
+				Facts:            &FactsBrief{Arch: "arm64", OS: "linux", CPUMHz: 6000, MemoryMB: 3900, Drivers: []string{"exec", "podman"}, Labels: map[string]string{"site": "berlin"}},
+				Scheduling:       &SchedulingBrief{Eligible: boolp(false), Drain: true},
+				AllocationsTotal: 2, AllocationsRunning: 1, ReportedAt: &at},
+			{ID: "pi-08"}}},
+		"enrollresult": EnrollResult{Device: "pi-07", OK: true, Labels: map[string]string{"site": "berlin"}, PlannerKeys: []string{EncodeKey(goldenKey().Public().(ed25519.PublicKey))}},
 	}
 }
 
@@ -94,6 +102,7 @@ func TestGolden(t *testing.T) {
 		"adminresult":       func(b []byte) (any, error) { return DecodeAdminResult(b) },
 		"enrollrequest":     func(b []byte) (any, error) { return DecodeEnrollRequest(b) },
 		"enrollresult":      func(b []byte) (any, error) { return DecodeEnrollResult(b) },
+		"deviceindex":       func(b []byte) (any, error) { return DecodeDeviceIndexPage(b) },
 	}
 	for name, msg := range goldenMessages() {
 		t.Run(name, func(t *testing.T) {
@@ -127,6 +136,8 @@ func TestGolden(t *testing.T) {
 	}
 }
 
+func decodeIndex(b []byte) error { _, err := DecodeDeviceIndexPage(b); return err }
+
 func TestDecodersRejectBadInput(t *testing.T) {
 	cases := []struct {
 		name string
@@ -143,6 +154,18 @@ func TestDecodersRejectBadInput(t *testing.T) {
 		{"presence status", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"maybe"}`, `status: unknown status "maybe"`},
 		{"facts label", func(b []byte) error { _, err := DecodeFacts(b); return err }, `{"device":"d","labels":{"a b":"x"}}`, "labels.a b: invalid label key"},
 		{"event type", func(b []byte) error { _, err := DecodeEvent(b); return err }, `{"device":"d"}`, "type: required"},
+		{"index page past pages", decodeIndex, `{"page":3,"pages":3,"devices":[]}`, "page: 3 is past the last page: pages is 3"},
+		{"index no pages", decodeIndex, `{"page":0,"pages":0,"devices":[]}`, "pages: must be at least 1"},
+		{"index negative page", decodeIndex, `{"page":-1,"pages":1}`, "page: must not be negative"},
+		{"index device id", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a/b"}]}`, "devices[0].id: invalid identifier"},
+		{"index order", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"b"},{"id":"a"}]}`, `devices[1].id: "a" after "b": want ids in ascending order`},
+		{"index duplicate", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a"},{"id":"a"}]}`, `devices[1].id: "a" after "a"`},
+		{"index presence", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","presence":{"status":"maybe"}}]}`, `devices[0].presence.status: unknown status "maybe"`},
+		{"index label", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","facts":{"labels":{"a b":"x"}}}]}`, "devices[0].facts.labels.a b: invalid label key"},
+		{"index memory", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","facts":{"memory_mb":-1}}]}`, "devices[0].facts.memory_mb: must not be negative"},
+		{"index drain", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","scheduling":{"eligible":true,"drain":true}}]}`, "devices[0].scheduling.eligible: must be false while drain is true"},
+		{"index running", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","allocations_total":1,"allocations_running":2}]}`, "devices[0].allocations_running: 2: want 0 to allocations_total (1)"},
+		{"index unknown field", decodeIndex, `{"page":0,"pages":1,"devices":[{"id":"a","allocations":[]}]}`, "devices[0].allocations: unknown field"},
 		{"trailing", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"online"} {}`, "trailing data"},
 		{"unknown field", func(b []byte) error { _, err := DecodePresence(b); return err }, `{"device":"d","status":"online","x":1}`, "x: unknown field"},
 	}

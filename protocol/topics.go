@@ -3,6 +3,7 @@ package protocol
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -33,6 +34,9 @@ const (
 	// nonce.
 	KindPlan       Kind = "plan"       // {root}/v1/plans/{id}
 	KindPlanResult Kind = "planresult" // {root}/v1/plans/{id}/result
+	// KindDeviceIndex is one page of the planner's device index; its
+	// identifier is the page number in decimal.
+	KindDeviceIndex Kind = "deviceindex" // {root}/v1/fleet/devices/{page}: planner → anyone, retained
 )
 
 var deviceKinds = map[string]Kind{
@@ -180,6 +184,11 @@ func (t Topics) Parse(topic string) (Kind, string, error) {
 			return "", "", fmt.Errorf("topic %q: unknown device topic %q", topic, parts[2])
 		}
 		kind = k
+	case len(parts) == 3 && parts[0] == "fleet" && parts[1] == "devices":
+		if _, err := ParsePage(parts[2]); err != nil {
+			return "", "", fmt.Errorf("topic %q: %w", topic, err)
+		}
+		return KindDeviceIndex, parts[2], nil
 	default:
 		return "", "", fmt.Errorf("topic %q: unknown topic shape", topic)
 	}
@@ -195,3 +204,24 @@ var allocPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 // (retained), so that a dashboard need not read every device's messages to
 // draw it.
 func (t Topics) FleetSummary() string { return t.base() + "/fleet/summary" }
+
+// DeviceIndex is the topic of one page (0-based) of the device index the
+// planner publishes (retained), so that a reader learns of every device
+// from a few messages instead of several per device; see DeviceIndexPage.
+func (t Topics) DeviceIndex(page int) string {
+	return t.base() + "/fleet/devices/" + strconv.Itoa(page)
+}
+
+// DeviceIndexFilter matches every page of the device index.
+func (t Topics) DeviceIndexFilter() string { return t.base() + "/fleet/devices/+" }
+
+// ParsePage reads the page number of a device index topic: a decimal
+// number without sign or leading zeros, so that every page has exactly one
+// topic.
+func ParsePage(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || strconv.Itoa(n) != s {
+		return 0, fmt.Errorf("invalid page number %q: want a decimal number from 0, without sign or leading zeros", s)
+	}
+	return n, nil
+}

@@ -23,6 +23,8 @@ func TestTopicsRoundTrip(t *testing.T) {
 			{tp.Presence("pi-07"), KindPresence, "pi-07"},
 			{tp.Facts("pi-07"), KindFacts, "pi-07"},
 			{tp.Events("pi-07"), KindEvents, "pi-07"},
+			{tp.DeviceIndex(0), KindDeviceIndex, "0"},
+			{tp.DeviceIndex(36), KindDeviceIndex, "36"},
 		}
 		for _, c := range cases {
 			kind, id, err := tp.Parse(c.topic)
@@ -43,6 +45,9 @@ func TestTopicLayout(t *testing.T) {
 		tp.JobStatusFilter():           "tether/v1/jobs/+/status",
 		tp.DevicesFilter(KindPresence): "tether/v1/devices/+/presence",
 		tp.Base():                      "tether/v1",
+		tp.DeviceIndex(0):              "tether/v1/fleet/devices/0",
+		tp.DeviceIndex(12):             "tether/v1/fleet/devices/12",
+		tp.DeviceIndexFilter():         "tether/v1/fleet/devices/+",
 	}
 	for got, w := range want {
 		if got != w {
@@ -63,6 +68,16 @@ func TestParseRejects(t *testing.T) {
 		"tether/v1/devices/#/desired",
 		"tether/v1/jobs/.hidden",
 		"tether/v1/jobs/" + strings.Repeat("a", 64),
+		"tether/v1/fleet/devices/+",
+		"tether/v1/fleet/devices/",
+		"tether/v1/fleet/devices/01",
+		"tether/v1/fleet/devices/-1",
+		"tether/v1/fleet/devices/+1",
+		"tether/v1/fleet/devices/1x",
+		"tether/v1/fleet/devices/99999999999999999999",
+		"tether/v1/fleet/devices/1/x",
+		"tether/v1/fleet/other/1",
+		"tether/v1/fleet/summary",
 	} {
 		if _, _, err := tp.Parse(topic); err == nil {
 			t.Errorf("Parse(%q) accepted", topic)
