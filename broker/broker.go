@@ -165,20 +165,18 @@ func serverOptions(log *slog.Logger) *mqtt.Options {
 	// 256 MB per connection). Documents here are kilobytes.
 	caps.MaximumPacketSize = 1 << 20
 
-	// mochi's default, kept on purpose although it is most of what a device
-	// costs: every client, connected or offline with a persistent session,
-	// gets an outbound queue of this capacity, allocated in full, 8 bytes a
-	// slot: 64 KiB of the 99 KB of heap and stack an idle edged costs
-	// (BenchmarkIdleDevices; 256 slots would make it 36 KB, of which 24.6 KB
-	// are the stacks of its two goroutines, which no option changes). But
-	// mochi queues all the retained messages a SUBSCRIBE matches at once and
-	// drops, without a log line, what does not fit, and the planner's device
-	// state filters match one message per device. A subscriber to 5,000
-	// retained messages lost 721 of them with 1,024 slots and 942 with 2,048;
-	// of 10,000, 224-520 with 4,096 and none with 8,192
-	// (TestRetainedBurstFitsTheQueue guards 5,000). Lower it only once the
-	// planner reads retained state without going through this queue.
-	caps.MaximumClientWritesPending = 8192
+	// Every client, connected or offline with a persistent session, gets
+	// an outbound queue of this capacity, allocated in full, 8 bytes a
+	// slot; mochi drops, without a log line, what does not fit. mochi's
+	// default, 8,192 slots, was 64 KiB of the 99 KB of heap and stack an
+	// idle edged cost (BenchmarkIdleDevices), and was needed only because
+	// mochi queues all the retained messages a subscription matches at
+	// once: retainedHook now writes those of wildcard subscriptions at the
+	// subscriber's pace, past any queue, and the queue holds live traffic
+	// alone. A device receives a handful of messages at a time; 1,024
+	// slots give a dashboard watching every device a burst of as many
+	// messages in the time it takes its connection to drain them.
+	caps.MaximumClientWritesPending = 1024
 
 	return &mqtt.Options{
 		Capabilities: caps,
@@ -224,6 +222,11 @@ func (b *Broker) setup(auth Authenticator) error {
 	}
 	if err := b.srv.AddHook(&takeoverHook{srv: b.srv}, nil); err != nil {
 		return fmt.Errorf("add takeover hook: %w", err)
+	}
+	if err := b.srv.AddHook(&retainedHook{srv: b.srv, allowed: func(cl *mqtt.Client, topic string) bool {
+		return auth.Authorize(peerOf(cl), topic, false)
+	}}, nil); err != nil {
+		return fmt.Errorf("add retained delivery hook: %w", err)
 	}
 	if err := b.srv.AddHook(&authHook{auth: auth, log: b.log, gate: &b.hooksGate}, nil); err != nil {
 		return fmt.Errorf("add auth hook: %w", err)

@@ -575,17 +575,21 @@ func (c *rawClient) awaitPublish(topic string) error {
 	})
 }
 
-// TestRetainedBurstFitsTheQueue: a subscriber whose filter matches the
-// retained messages of thousands of devices, as the planner's do, gets every
-// one of them. mochi queues them all at once into the client's outbound
-// queue and drops what does not fit (see MaximumClientWritesPending).
-func TestRetainedBurstFitsTheQueue(t *testing.T) {
+// TestRetainedBurstBeyondTheQueue: a subscriber whose filter matches the
+// retained messages of many times more devices than its outbound queue
+// holds (MaximumClientWritesPending) gets every one of them, with either
+// QoS (mochi alone would also stop a QoS 1 burst at MaximumInflight), and
+// messages published after the subscription come after them.
+func TestRetainedBurstBeyondTheQueue(t *testing.T) {
 	if testing.Short() {
-		t.Skip("publishes 5,000 retained messages")
+		t.Skip("publishes 12,000 retained messages")
 	}
 	t.Parallel()
-	const n = 5000
+	const n = 12000
 	b := startBroker(t, Config{AllowAnonymousLoopback: true})
+	if q := int(b.srv.Options.Capabilities.MaximumClientWritesPending); n < 4*q {
+		t.Fatalf("%d retained messages do not test a queue of %d", n, q)
+	}
 	url := "tcp://" + b.MQTTAddr()
 	pub := mustConnect(t, url, clientID("devices"))
 	for i := range n {
@@ -595,27 +599,34 @@ func TestRetainedBurstFitsTheQueue(t *testing.T) {
 	// acknowledged, all are retained.
 	wait(t, "publish", pub.Publish(testTopicsRoot+"/barrier", 1, false, "x"))
 
-	ch := make(chan paho.Message, n+1)
-	sub := mustConnect(t, url, clientID("planner"), deliverTo(ch))
-	wait(t, "subscribe", sub.Subscribe(testTopicsRoot+"/devices/+/facts", 0, nil))
-	// Delivered in order after the retained messages.
-	wait(t, "subscribe", sub.Subscribe(testTopicsRoot+"/sync", 1, nil))
-	wait(t, "publish", pub.Publish(testTopicsRoot+"/sync", 1, false, "x"))
-	got := 0
-	timeout := time.After(waitTimeout)
-	for done := false; !done; {
-		select {
-		case m := <-ch:
-			if m.Topic() == testTopicsRoot+"/sync" {
-				done = true
-			} else {
-				got++
+	for _, qos := range []byte{0, 1} {
+		ch := make(chan paho.Message, n+1)
+		id := fmt.Sprintf("viewer-qos%d", qos)
+		sub := mustConnect(t, url, clientID(id), deliverTo(ch))
+		wait(t, "subscribe", sub.Subscribe(testTopicsRoot+"/devices/+/facts", qos, nil))
+		// Delivered in order after the retained messages.
+		wait(t, "subscribe", sub.Subscribe(testTopicsRoot+"/sync/"+id, 1, nil))
+		wait(t, "publish", pub.Publish(testTopicsRoot+"/sync/"+id, 1, false, "x"))
+		got := 0
+		timeout := time.After(waitTimeout)
+		for done := false; !done; {
+			select {
+			case m := <-ch:
+				switch {
+				case m.Topic() == testTopicsRoot+"/sync/"+id:
+					done = true
+				case !m.Retained():
+					t.Fatalf("QoS %d: %s arrived without the retain flag", qos, m.Topic())
+				default:
+					got++
+				}
+			case <-timeout:
+				t.Fatalf("QoS %d: sync message not received; %d retained messages were", qos, got)
 			}
-		case <-timeout:
-			t.Fatalf("sync message not received; %d retained messages were", got)
 		}
-	}
-	if dropped := atomic.LoadInt64(&b.srv.Info.MessagesDropped); got != n || dropped != 0 {
-		t.Fatalf("received %d of %d retained messages; the broker dropped %d", got, n, dropped)
+		if dropped := atomic.LoadInt64(&b.srv.Info.MessagesDropped); got != n || dropped != 0 {
+			t.Fatalf("QoS %d: received %d of %d retained messages; the broker dropped %d", qos, got, n, dropped)
+		}
+		sub.Disconnect(100)
 	}
 }
