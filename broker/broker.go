@@ -195,11 +195,10 @@ func serverOptions(log *slog.Logger) *mqtt.Options {
 		// with an fsync, every interval; the default is every second.
 		SysTopicResendInterval: 60,
 		// The server's planner is the inline client (see InlineSubscribe):
-		// a network client's queue (MaximumClientWritesPending) overflows
-		// when thousands of retained device messages match one of its
-		// filters at once, and mochi drops what does not fit. Every other
-		// client connects over the network, through authentication and
-		// ACLs.
+		// it reads the retained state of every device at start and the
+		// whole fleet's traffic afterwards without a queue that could
+		// overflow, and without a network login. Every other client
+		// connects over the network, through authentication and ACLs.
 		InlineClient: true,
 		Logger:       log,
 	}

@@ -16,7 +16,7 @@ import (
 func TestInlineClient(t *testing.T) {
 	t.Parallel()
 	b := startBroker(t, Config{AllowAnonymousLoopback: true})
-	const n = 12000 // over the 8192 a network client's queue holds
+	const n = 12000 // many times a network client's queue
 	for i := range n {
 		if err := b.InlinePublish(fmt.Sprintf("t/v1/devices/d%05d/presence", i), []byte("x"), true, 1); err != nil {
 			t.Fatal(err)
