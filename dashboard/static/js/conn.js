@@ -175,15 +175,16 @@ export class Link {
   // trip on our own sync topic (see #barrier) before asking for the next,
   // so that the broker hands over one filter's retained messages at a time.
   //
-  // It has to be careful: mochi queues all of a subscription's retained
-  // messages at once and silently drops what does not fit in a client's
-  // queue (8,192 by default). At 10,000 devices a fresh subscriber to
-  // devices/+/facts gets 10,000 at once and, if the page is still busy with
-  // the previous filter's, loses some of them. So afterwards it asks for the
-  // retained topics the page still lacks (a device with presence but no
-  // facts, say) by their exact names, a few hundred at a time, and for
-  // every presence message again if the planner counts devices we have not
-  // seen at all.
+  // It has to be careful: Tether's own broker hands a wildcard
+  // subscription's retained messages over at the page's pace and drops
+  // none, but other brokers (Mosquitto, or mochi alone) queue all of them at
+  // once and silently drop what does not fit in a client's queue. At 10,000
+  // devices a fresh subscriber to devices/+/facts gets 10,000 at once and,
+  // if the page is still busy with the previous filter's, loses some of
+  // them. So afterwards it asks for the retained topics the page still
+  // lacks (a device with presence but no facts, say) by their exact names,
+  // a few hundred at a time, and for every presence message again if the
+  // planner counts devices we have not seen at all.
   //
   // A filter the broker refuses (a viewer token may read status topics
   // only) is reported to onAccess and skipped: the page says "not
