@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,5 +75,57 @@ func TestInlineClient(t *testing.T) {
 			t.Fatal("the network publish never reached the inline subscriber")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Messages published while an inline subscription's retained messages are
+// handed over are never overtaken by the older retained copy of their
+// topic: the last message the subscriber gets for every topic is the one
+// the broker retains in the end.
+func TestInlineSubscribeKeepsOrderWithLivePublishes(t *testing.T) {
+	t.Parallel()
+	b := startBroker(t, Config{AllowAnonymousLoopback: true})
+	const n = 5000
+	topic := func(i int) string { return fmt.Sprintf("t/v1/devices/d%05d/presence", i) }
+	for i := range n {
+		if err := b.InlinePublish(topic(i), []byte("offline"), true, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	last := map[string]string{}
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			<-start
+			for i := w; i < n; i += 4 {
+				if err := b.InlinePublish(topic(i), []byte("online"), true, 1); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	close(start)
+	err := b.InlineSubscribe("t/v1/devices/+/presence", func(topic string, payload []byte, _ bool) {
+		mu.Lock()
+		last[topic] = string(payload)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	stale := 0
+	for i := range n {
+		if last[topic(i)] != "online" {
+			stale++
+		}
+	}
+	if stale > 0 {
+		t.Fatalf("%d of %d topics ended on their old retained value after the new one was delivered", stale, n)
 	}
 }
