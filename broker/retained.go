@@ -1,15 +1,17 @@
 package broker
 
 import (
+	"bytes"
 	"strings"
 	"sync"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// retainedHook delivers the retained messages of a wildcard subscription
-// itself, at the pace the subscriber reads them, instead of mochi.
+// retainedHook delivers retained state to network subscribers itself,
+// where mochi would drop it.
 //
 // mochi puts every retained message a new subscription matches into the
 // client's outbound queue at once, and drops without a word what does not
@@ -28,11 +30,23 @@ import (
 // They go with QoS 0, with the retain flag set: a snapshot of state that
 // the subscriber gets again on its next subscription if the connection
 // drops. Exact filters (a device's own desired state, QoS 1 into its
-// persistent session) keep mochi's path.
+// persistent session) keep mochi's path. The writes run on the client's
+// own reading goroutine, so the client's next packets (a barrier publish
+// after the subscription, say) are read only after them: order is kept.
 //
-// The writes run on the client's own reading goroutine, so the client's
-// next packets (a barrier publish after the subscription, say) are read
-// only after its retained messages are out: order is kept.
+// A live message mochi drops for a full queue is state too when it was
+// published retained: the hook writes that topic's retained message as it
+// is then, a moment later, so a slow subscriber ends on the current state
+// rather than on whatever it got last (see repair). Such a write does not
+// wait for the queue, which may still hold older messages of the topic:
+// while a client has had drops, every live message written to it is
+// compared with its topic's retained message, and a topic that got an
+// older one is repaired again.
+//
+// Every such write is followed by a look at the topic's retained message:
+// a newer one may have been written to the client through its queue just
+// before (live messages do not wait for this hook), and is then written
+// again, so that the last word is never the older copy (see writeLatest).
 type retainedHook struct {
 	mqtt.HookBase
 	srv     *mqtt.Server
@@ -40,12 +54,22 @@ type retainedHook struct {
 
 	mu      sync.Mutex
 	pending map[*mqtt.Client]map[uint16][]packets.Subscription // by SUBSCRIBE packet id
+	dirty   map[*mqtt.Client]map[string]struct{}               // topics to repair; an entry: a repair is due
+	watched sync.Map                                           // *mqtt.Client → struct{}: had drops, not yet repaired
 }
+
+// repairDelay is how long the repair of dropped messages waits for a
+// client's queue to drain before it writes their topics' current state.
+const repairDelay = 200 * time.Millisecond
 
 func (h *retainedHook) ID() string { return "tether-retained-delivery" }
 
 func (h *retainedHook) Provides(b byte) bool {
-	return b == mqtt.OnSubscribe || b == mqtt.OnPacketSent || b == mqtt.OnDisconnect
+	switch b {
+	case mqtt.OnSubscribe, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnDisconnect:
+		return true
+	}
+	return false
 }
 
 // wildcard reports whether a filter can match more than one topic.
@@ -84,6 +108,19 @@ func (h *retainedHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.P
 }
 
 func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
+	if pk.FixedHeader.Type == packets.Publish {
+		// A live message (the ones this hook writes carry the retain flag)
+		// to a client that has had drops: older than its topic's retained
+		// message, it needs a repair after it.
+		if !pk.FixedHeader.Retain {
+			if _, ok := h.watched.Load(cl); ok {
+				if cur, ok := h.srv.Topics.Retained.Get(pk.TopicName); ok && !bytes.Equal(cur.Payload, pk.Payload) {
+					h.markDirty(cl, pk.TopicName)
+				}
+			}
+		}
+		return
+	}
 	if pk.FixedHeader.Type != packets.Suback {
 		return
 	}
@@ -95,51 +132,161 @@ func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte
 	}
 	h.mu.Unlock()
 	for _, sub := range subs {
-		if !h.granted(cl, sub.Filter) {
-			continue
+		if _, granted := cl.State.Subscriptions.Get(sub.Filter); !granted {
+			continue // refused: the SUBACK said so
 		}
-		if err := h.deliver(cl, sub); err != nil {
-			return // the connection is gone; its reader ends it
+		for _, m := range h.srv.Topics.Messages(sub.Filter) {
+			if sub.NoLocal && m.Origin == cl.ID {
+				continue // [MQTT-3.8.3-3]
+			}
+			if err := h.writeLatest(cl, m, sub.Identifier); err != nil {
+				return // the connection is gone; its reader ends it
+			}
 		}
 	}
 }
 
-// granted reports whether mochi accepted the subscription: it is in the
-// client's subscriptions (the SUBACK's reason codes are by position, and
-// the hook saw only some of the filters).
-func (h *retainedHook) granted(cl *mqtt.Client, filter string) bool {
-	_, ok := cl.State.Subscriptions.Get(filter)
-	return ok
+// OnPublishDropped notes the topic of a retained message mochi dropped for
+// cl's full queue, for a repair.
+func (h *retainedHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline || !pk.FixedHeader.Retain {
+		return // only retained state has a current value to send instead
+	}
+	h.watched.Store(cl, struct{}{})
+	h.markDirty(cl, pk.TopicName)
 }
 
-func (h *retainedHook) deliver(cl *mqtt.Client, sub packets.Subscription) error {
-	for _, m := range h.srv.Topics.Messages(sub.Filter) {
-		if sub.NoLocal && m.Origin == cl.ID {
-			continue // [MQTT-3.8.3-3]
+// markDirty adds topic to cl's repair, and schedules one unless it is due.
+func (h *retainedHook) markDirty(cl *mqtt.Client, topic string) {
+	h.mu.Lock()
+	if h.dirty == nil {
+		h.dirty = map[*mqtt.Client]map[string]struct{}{}
+	}
+	topics, due := h.dirty[cl]
+	if !due {
+		topics = map[string]struct{}{}
+		h.dirty[cl] = topics
+	}
+	topics[topic] = struct{}{}
+	h.mu.Unlock()
+	if !due {
+		time.AfterFunc(repairDelay, func() { h.repair(cl) })
+	}
+}
+
+// repair writes the current retained message of every topic noted for cl,
+// or an empty one where the topic has none any more. It runs again a
+// moment later, as long as it found something to do: the queue may still
+// hold older messages that go out after these writes.
+func (h *retainedHook) repair(cl *mqtt.Client) {
+	h.mu.Lock()
+	topics := h.dirty[cl]
+	delete(h.dirty, cl)
+	h.mu.Unlock()
+	if len(topics) == 0 || cl.Closed() {
+		h.watched.Delete(cl)
+		return
+	}
+	for topic := range topics {
+		if cl.Closed() {
+			h.watched.Delete(cl)
+			return
 		}
-		if !h.allowed(cl, m.TopicName) {
+		if !h.stillSubscribed(cl, topic) {
 			continue
 		}
-		out := m.Copy(false)
-		out.FixedHeader.Qos = 0
-		out.FixedHeader.Retain = true // [MQTT-3.3.1-8]
-		out.FixedHeader.Dup = false
-		out.PacketID = 0
-		out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
-		out.Properties.SubscriptionIdentifier = nil
-		if sub.Identifier > 0 {
-			out.Properties.SubscriptionIdentifier = []int{sub.Identifier} // [MQTT-3.3.4-3]
+		m, ok := h.srv.Topics.Retained.Get(topic)
+		if !ok {
+			m = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic}
 		}
-		if err := cl.WritePacket(out); err != nil {
+		if err := h.writeLatest(cl, m, 0); err != nil {
+			h.watched.Delete(cl)
+			return
+		}
+	}
+	h.mu.Lock()
+	if _, due := h.dirty[cl]; !due {
+		h.dirty[cl] = map[string]struct{}{} // look once more
+		time.AfterFunc(repairDelay, func() { h.repair(cl) })
+	}
+	h.mu.Unlock()
+}
+
+// stillSubscribed reports whether one of cl's subscriptions matches topic.
+func (h *retainedHook) stillSubscribed(cl *mqtt.Client, topic string) bool {
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if matches(filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// matches reports whether MQTT filter matches topic.
+func matches(filter, topic string) bool {
+	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, f := range fs {
+		switch {
+		case f == "#":
+			return true
+		case i >= len(ts):
+			return false
+		case f != "+" && f != ts[i]:
+			return false
+		}
+	}
+	return len(fs) == len(ts)
+}
+
+// writeLatest writes retained message m to cl, then writes the topic's
+// retained message again while it is no longer the one just written: a
+// newer one may have reached cl through its queue before m did, and m must
+// not be the last word. A topic whose retained message was deleted
+// meanwhile gets an empty one, as the deletion itself would.
+func (h *retainedHook) writeLatest(cl *mqtt.Client, m packets.Packet, subID int) error {
+	for range 4 { // a topic republished faster than this loop writes is current anyway
+		if err := h.write(cl, m, subID); err != nil {
 			return err
 		}
+		cur, ok := h.srv.Topics.Retained.Get(m.TopicName)
+		if !ok {
+			if len(m.Payload) == 0 {
+				return nil // deleted, and said so
+			}
+			cur = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: m.TopicName}
+		} else if bytes.Equal(cur.Payload, m.Payload) {
+			return nil
+		}
+		m = cur
 	}
 	return nil
 }
 
-// OnDisconnect forgets subscriptions whose SUBACK was never sent.
+// write sends retained message m to cl, as QoS 0 with the retain flag,
+// unless the ACL keeps cl from reading its topic.
+func (h *retainedHook) write(cl *mqtt.Client, m packets.Packet, subID int) error {
+	if !h.allowed(cl, m.TopicName) {
+		return nil
+	}
+	out := m.Copy(false)
+	out.FixedHeader.Type = packets.Publish
+	out.FixedHeader.Qos = 0
+	out.FixedHeader.Retain = true // [MQTT-3.3.1-8]
+	out.FixedHeader.Dup = false
+	out.PacketID = 0
+	out.Properties.TopicAlias, out.Properties.TopicAliasFlag = 0, false
+	out.Properties.SubscriptionIdentifier = nil
+	if subID > 0 {
+		out.Properties.SubscriptionIdentifier = []int{subID} // [MQTT-3.3.4-3]
+	}
+	return cl.WritePacket(out)
+}
+
+// OnDisconnect forgets what was pending for cl.
 func (h *retainedHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.mu.Lock()
 	delete(h.pending, cl)
+	delete(h.dirty, cl)
 	h.mu.Unlock()
+	h.watched.Delete(cl)
 }
