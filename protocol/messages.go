@@ -223,6 +223,13 @@ const (
 	JobInvalid  JobState = "invalid"  // the only submission so far was rejected
 )
 
+// MaxStatusAllocs caps the allocations a job status lists. A service job of
+// 180,000 instances would otherwise make a status of tens of MB, rebuilt
+// and republished on every change: past brokers' packet limits (Mosquitto's
+// default is 1 MiB) and of no use to a reader. 1,000 summaries take some
+// 150 kB; each device's report lists the allocations it runs.
+const MaxStatusAllocs = 1000
+
 // JobStatus is the planner's answer to a job document, retained on the job's
 // status topic so that dashboards need not ask.
 type JobStatus struct {
@@ -234,11 +241,17 @@ type JobStatus struct {
 	// Submission is the digest of the last payload received on the job topic
 	// and Errors what was wrong with it, if it was rejected. A rejected
 	// submission changes nothing: the accepted version stays in force.
-	Submission string          `json:"submission,omitempty"`
-	Errors     []FieldError    `json:"errors,omitempty"`
-	Groups     []GroupStatus   `json:"groups,omitempty"`
-	Allocs     []AllocSummary  `json:"allocations,omitempty"`
-	Counts     PlacementCounts `json:"counts"`
+	Submission string        `json:"submission,omitempty"`
+	Errors     []FieldError  `json:"errors,omitempty"`
+	Groups     []GroupStatus `json:"groups,omitempty"`
+	// Allocs lists at most MaxStatusAllocs allocations. When a job has
+	// more, those an operator needs first (failed, lost, disconnected,
+	// unhealthy, pending, with a message) come before the running and
+	// complete ones, and AllocsOmitted says how many are left out. Counts
+	// always count every allocation.
+	Allocs        []AllocSummary  `json:"allocations,omitempty"`
+	AllocsOmitted int             `json:"allocations_omitted,omitempty"`
+	Counts        PlacementCounts `json:"counts"`
 	// Rollout is the progress of Version through the fleet when a group
 	// has an update block; nil otherwise.
 	Rollout   *Rollout  `json:"rollout,omitempty"`
@@ -499,8 +512,15 @@ func DecodeJobStatus(data []byte) (JobStatus, error) {
 	if err := decodeStrict(data, &s); err != nil {
 		return JobStatus{}, err
 	}
+	var errs []error
 	if err := ValidateID(s.Job); err != nil {
-		return JobStatus{}, fieldErr("job", "%v", err)
+		errs = append(errs, fieldErr("job", "%v", err))
+	}
+	if s.AllocsOmitted < 0 {
+		errs = append(errs, fieldErr("allocations_omitted", "must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return JobStatus{}, err
 	}
 	return s, nil
 }
