@@ -48,6 +48,10 @@ type Config struct {
 	// 0 means DeviceIndexPageSize. Tests lower it to cover several pages
 	// with a few devices.
 	IndexPageSize int
+	// StatusAllocs is how many allocations a published job status lists;
+	// 0 means protocol.MaxStatusAllocs. Tests lower it to leave some out
+	// with a few devices.
+	StatusAllocs int
 }
 
 // Planner turns job documents into placements. Create it with New and run
@@ -727,7 +731,8 @@ func (p *Planner) publishOne(ctx context.Context, id string, doc protocol.Desire
 }
 
 // publishStatus publishes the status of every job whose status changed, and
-// returns every job's status.
+// returns every job's status with all its allocations (the published one
+// lists at most Config.StatusAllocs: see PublishedStatus).
 func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads []store.JobHead, plan core.Plan, now time.Time) ([]protocol.JobStatus, error) {
 	reported := map[string]map[string]protocol.AllocStatus{}
 	for _, d := range snap.Devices {
@@ -748,6 +753,10 @@ func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads [
 	for _, a := range plan.Lost {
 		conn[a.ID] = protocol.AllocLost
 	}
+	limit := p.cfg.StatusAllocs
+	if limit <= 0 {
+		limit = protocol.MaxStatusAllocs
+	}
 	var errs []error
 	var all []protocol.JobStatus
 	for _, h := range heads {
@@ -762,14 +771,17 @@ func (p *Planner) publishStatus(ctx context.Context, snap core.Snapshot, heads [
 			st.Rollout = &r // saveRollouts added RevertedTo
 		}
 		p.markStable(h, st)
-		all = append(all, st)
-		raw, _ := json.Marshal(st)
+		all = append(all, st) // every allocation: the summary and markStable count them all
+		pub := PublishedStatus(st, limit)
+		// The hash is of what is published: a change among left-out
+		// allocations republishes only when it changes the counts.
+		raw, _ := json.Marshal(pub)
 		hash := protocol.Digest(raw)
 		if hash == h.StatusHash {
 			continue
 		}
-		st.UpdatedAt = now.UTC()
-		payload, _ := protocol.Encode(st)
+		pub.UpdatedAt = now.UTC()
+		payload, _ := protocol.Encode(pub)
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := p.cfg.Bus.Publish(pctx, p.cfg.Topics.JobStatus(h.ID), payload, true, 1)
 		cancel()
@@ -837,6 +849,61 @@ func BuildSummary(devices []core.Device, statuses []protocol.JobStatus) protocol
 	}
 	sort.Slice(sum.Jobs, func(i, j int) bool { return sum.Jobs[i].Job < sum.Jobs[j].Job })
 	return sum
+}
+
+// PublishedStatus returns st as published: with at most limit allocations
+// listed and AllocsOmitted counting the rest. A status within the limit is
+// returned as it is. Otherwise the allocations an operator needs first come
+// first, by allocRank, each rank in the order of st.Allocs (BuildStatus
+// lists them by id). st.Allocs is neither changed nor shared, so that the
+// planner goes on working with every allocation.
+func PublishedStatus(st protocol.JobStatus, limit int) protocol.JobStatus {
+	if len(st.Allocs) <= limit {
+		return st
+	}
+	var ranks [rankDone + 1][]protocol.AllocSummary
+	for _, a := range st.Allocs {
+		r := allocRank(a)
+		if len(ranks[r]) < limit {
+			ranks[r] = append(ranks[r], a)
+		}
+	}
+	listed := make([]protocol.AllocSummary, 0, limit)
+	for _, in := range ranks {
+		listed = append(listed, in[:min(len(in), limit-len(listed))]...)
+	}
+	st.AllocsOmitted += len(st.Allocs) - len(listed)
+	st.Allocs = listed
+	return st
+}
+
+// Ranks of allocations in a published status, most needed first.
+const (
+	rankFailed = iota
+	rankLost
+	rankDisconnected
+	rankUnhealthy
+	rankPending // pending, or a state this planner does not know
+	rankMessage // running or complete, with something to say
+	rankDone    // running or complete, nothing to say
+)
+
+func allocRank(a protocol.AllocSummary) int {
+	switch {
+	case a.State == protocol.AllocFailed:
+		return rankFailed
+	case a.State == protocol.AllocLost:
+		return rankLost
+	case a.State == protocol.AllocDisconnected:
+		return rankDisconnected
+	case a.Health == protocol.Unhealthy:
+		return rankUnhealthy
+	case a.State != protocol.AllocRunning && a.State != protocol.AllocComplete:
+		return rankPending
+	case a.Message != "":
+		return rankMessage
+	}
+	return rankDone
 }
 
 // BuildStatus derives a job's status from its head, its groups' placement
