@@ -58,10 +58,16 @@ func (lb *listBroker) publish(topic string, v any) {
 // list runs `tether device list` against the broker, in process.
 func (lb *listBroker) list(args ...string) (stdout, stderr string, err error) {
 	lb.t.Helper()
+	return lb.run(append([]string{"device", "list"}, args...)...)
+}
+
+// run runs a tether command against the broker, in process.
+func (lb *listBroker) run(args ...string) (stdout, stderr string, err error) {
+	lb.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	root := newRoot()
-	root.SetArgs(append([]string{"--broker", lb.url, "device", "list"}, args...))
+	root.SetArgs(append([]string{"--broker", lb.url}, args...))
 	var out, errb bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errb)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -364,6 +365,45 @@ func printJobDetail(w io.Writer, st protocol.JobStatus) {
 		}
 		tw.Flush()
 	}
+	if st.AllocsOmitted > 0 {
+		fmt.Fprintf(w, "…and %d more allocations%s; see `tether device list`\n", st.AllocsOmitted, omittedStates(st))
+	}
+}
+
+// omittedStates says by state which allocations a status left out, as
+// " (178990 running, 10 complete)": its counts less those it lists. It is
+// "" when the two do not add up to AllocsOmitted.
+func omittedStates(st protocol.JobStatus) string {
+	listed := map[protocol.AllocState]int{}
+	for _, a := range st.Allocs {
+		switch a.State {
+		case protocol.AllocRunning, protocol.AllocComplete, protocol.AllocFailed, protocol.AllocDisconnected, protocol.AllocLost:
+			listed[a.State]++
+		default:
+			listed[protocol.AllocPending]++ // as the counts do
+		}
+	}
+	c := st.Counts
+	var parts []string
+	sum := 0
+	for _, s := range []struct {
+		state protocol.AllocState
+		count int
+	}{{protocol.AllocRunning, c.Running}, {protocol.AllocComplete, c.Complete}, {protocol.AllocPending, c.Pending},
+		{protocol.AllocFailed, c.Failed}, {protocol.AllocDisconnected, c.Disconnected}, {protocol.AllocLost, c.Lost}} {
+		n := s.count - listed[s.state]
+		if n < 0 {
+			return ""
+		}
+		if n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, s.state))
+			sum += n
+		}
+	}
+	if sum != st.AllocsOmitted {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 func newJobStopCmd(g *globals) *cobra.Command {
@@ -399,6 +439,10 @@ func newJobStopCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(out, "Stopping job %s\n", id)
 			if detach || before.State == protocol.JobStopped {
 				return nil
+			}
+			if before.AllocsOmitted > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "The status lists %d of the job's %d allocations: waiting only for their devices\n",
+					len(before.Allocs), len(before.Allocs)+before.AllocsOmitted)
 			}
 			return waitStopped(ctx, c, topics, out, cmd.ErrOrStderr(), statuses, before.Allocs, timeout)
 		},
