@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { Fleet, filterDevices, countDevices, allocSummary, statusOf, schedulingOf, rolloutMark, rolloutParts, rolloutText, FEED_CAP } from '../static/js/model.js';
+import { Fleet, filterDevices, countDevices, allocSummary, allocsNotShown, statusOf, schedulingOf, rolloutMark, rolloutParts, rolloutText, FEED_CAP } from '../static/js/model.js';
 
 const golden = (name) => readFileSync(new URL(`../../protocol/testdata/golden/${name}.json`, import.meta.url));
 const enc = (v) => new TextEncoder().encode(JSON.stringify(v));
@@ -225,4 +225,12 @@ test('refused subscriptions are recorded per filter, and a grant clears them', (
   }
   f.setAccess(f.desiredTopic('pi-07'), true);
   assert.ok(!f.deniedKind('desired', 'pi-07'));
+});
+
+test('a job card counts the allocations it does not draw, the planner left out included', () => {
+  const omitted = JSON.parse(golden('jobstatus-omitted'));
+  assert.equal(allocsNotShown(omitted, 100), 1, 'the one the status left out');
+  assert.equal(allocsNotShown(omitted, 1), 2, 'and one past those drawn');
+  assert.equal(allocsNotShown(JSON.parse(golden('jobstatus')), 100), 0);
+  assert.equal(allocsNotShown({ job: 'x', allocations: Array(150).fill({}) }, 100), 50);
 });

@@ -4,7 +4,7 @@
 // submission, and the versions the planner keeps (the job history).
 
 import { $, h, badge, table, timeEl, deviceLink, plural, denied, DENIED } from './dom.js';
-import { rolloutParts, rolloutText } from './model.js';
+import { allocsNotShown, rolloutParts, rolloutText } from './model.js';
 
 /** ALLOCS_SHOWN caps the allocations drawn per job (a system job has one per device). */
 const ALLOCS_SHOWN = 100;
@@ -56,6 +56,7 @@ function jobCard(j, hist, focus, now) {
   const groups = j.groups || [];
   const allocs = j.allocations || [];
   const errors = j.errors || [];
+  const more = allocsNotShown(j, ALLOCS_SHOWN);
   return h('article', { class: 'panel job-card' + (focus ? ' focus' : ''), 'data-testid': 'job-card', dataset: { job: j.job, state: j.state, rollout: j.rollout?.state || '' } },
     h('div', { class: 'job-head' },
       h('h3', null, j.job), badge(j.state, 'job-state'),
@@ -83,7 +84,7 @@ function jobCard(j, hist, focus, now) {
           h('td', { 'data-testid': 'alloc-health' }, a.health ? badge(a.health) : h('span', { class: 'muted', title: 'not judged (yet)' }, '—')),
           h('td', { class: 'msg' }, a.message || ''))),
       { class: 'allocs' }),
-    allocs.length > ALLOCS_SHOWN ? h('p', { class: 'muted' }, `…and ${allocs.length - ALLOCS_SHOWN} more allocations.`) : null,
+    more > 0 ? h('p', { class: 'muted', 'data-testid': 'job-allocs-more' }, `…and ${more} more allocations.`) : null,
     hist === 'denied' ? denied('history', `The version history is ${DENIED}.`) : hist ? historySection(hist, j.version, now) : null,
   );
 }

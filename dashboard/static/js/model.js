@@ -413,6 +413,16 @@ export function allocSummary(d) {
   return Object.keys(by).sort().map((s) => by[s] + ' ' + s).join(', ');
 }
 
+/**
+ * allocsNotShown counts the allocations of a job status (protocol.JobStatus)
+ * that a card drawing the first `shown` does not: those past `shown`, and
+ * those the planner left out of the status (allocations_omitted; it lists
+ * at most protocol.MaxStatusAllocs, the ones needing attention first).
+ */
+export function allocsNotShown(j, shown) {
+  return Math.max(0, (j.allocations || []).length - shown) + (j.allocations_omitted | 0);
+}
+
 /** Rollout states the overview marks a job with: a rollout someone may have to act on. */
 export const ROLLOUT_MARKED = new Set(['running', 'paused', 'failed']);
 
