@@ -609,20 +609,39 @@ func (s *Store) Allocations() ([]Allocation, error) {
 }
 
 // ReplaceAllocations makes allocs the complete set of current allocations,
-// atomically.
+// atomically. Only what changed is written: a plan usually changes a few
+// allocations of many (a rollout batch, a device that left), and rewriting
+// all of them made every pass over a job of 180,000 instances write tens of
+// MB.
 func (s *Store) ReplaceAllocations(allocs []Allocation) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.DeleteBucket(bucketAllocs); err != nil {
-			return err
-		}
-		b, err := tx.CreateBucket(bucketAllocs)
-		if err != nil {
-			return err
-		}
+		b := tx.Bucket(bucketAllocs)
+		keep := make(map[string]struct{}, len(allocs))
 		for _, a := range allocs {
-			if err := putJSON(b, []byte(a.ID), a); err != nil {
+			keep[a.ID] = struct{}{}
+			raw, err := json.Marshal(a)
+			if err != nil {
 				return err
 			}
+			if bytes.Equal(b.Get([]byte(a.ID)), raw) {
+				continue
+			}
+			if err := b.Put([]byte(a.ID), raw); err != nil {
+				return err
+			}
+		}
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil; {
+			if _, ok := keep[string(k)]; ok {
+				k, _ = c.Next()
+				continue
+			}
+			gone := append([]byte(nil), k...)
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			k, _ = c.Seek(gone) // the key after it
+
 		}
 		return nil
 	})

@@ -2,6 +2,8 @@ package store
 
 import (
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -235,5 +237,63 @@ func TestEditDevicesReportsEachFailureAndWritesTheRest(t *testing.T) {
 	})
 	if failed, err := s.EditDevices(map[string]func(*DeviceRecord) error{"a": func(*DeviceRecord) error { return nil }}); failed != nil || err != nil {
 		t.Errorf("an edit without failures: %v %v", failed, err)
+	}
+}
+
+// ReplaceAllocations leaves exactly the new set, whatever it keeps, changes
+// or drops (runs of neighbours, the first and the last key included), and
+// rewrites only what changed.
+func TestReplaceAllocationsWritesTheDifference(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "p.db"))
+	defer s.Close()
+	alloc := func(i int, image string) Allocation {
+		return Allocation{Allocation: protocol.Allocation{ID: fmt.Sprintf("a%03d", i), Job: "j",
+			Tasks: []protocol.Task{{Name: "t", Driver: "podman", Config: protocol.TaskConfig{Image: image}}}}, Device: "pi", Index: i}
+	}
+	var all []Allocation
+	for i := range 100 {
+		all = append(all, alloc(i, "img:1"))
+	}
+	if err := s.ReplaceAllocations(all); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 20 {
+		var next []Allocation
+		for i := range 120 {
+			switch rng.IntN(4) {
+			case 0: // dropped (or never there)
+			case 1:
+				next = append(next, alloc(i, fmt.Sprintf("img:%d", round+2)))
+			default:
+				next = append(next, alloc(i, "img:1"))
+			}
+		}
+		if err := s.ReplaceAllocations(next); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Allocations()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(next) {
+			t.Fatalf("round %d: %d allocations stored, want %d", round, len(got), len(next))
+		}
+		for i := range got {
+			if got[i].ID != next[i].ID || got[i].Tasks[0].Config.Image != next[i].Tasks[0].Config.Image {
+				t.Fatalf("round %d: stored %s %s, want %s %s", round, got[i].ID, got[i].Tasks[0].Config.Image, next[i].ID, next[i].Tasks[0].Config.Image)
+			}
+		}
+		// The same set again writes no allocation: only the commit's own
+		// meta and freelist pages.
+		st := s.db.Stats()
+		before := st.TxStats.GetWrite()
+		if err := s.ReplaceAllocations(next); err != nil {
+			t.Fatal(err)
+		}
+		st = s.db.Stats()
+		if w := st.TxStats.GetWrite() - before; w > 2 {
+			t.Fatalf("round %d: an unchanged set wrote %d pages", round, w)
+		}
 	}
 }
