@@ -9,6 +9,13 @@
 // mochi goes on; events that happen at once share one transaction and one
 // fsync (group commit, see committer).
 //
+// Retained state reaches network subscribers at their own pace: the
+// retained messages of a wildcard subscription are written by this package
+// rather than queued by mochi, which would drop what its per-client queue
+// cannot hold, and state messages dropped for a slow subscriber's full
+// queue are written again as they are now (see retainedHook). The planner
+// is the broker's inline client and reads through no queue at all.
+//
 // mochi's options are chosen in serverOptions; each says why. The main one:
 // retained messages never expire, because desired state may legitimately be
 // older than mochi's default 24 hours.
