@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tether-edge/tether/protocol"
@@ -614,10 +615,15 @@ func (s *Store) Allocations() ([]Allocation, error) {
 // all of them made every pass over a job of 180,000 instances write tens of
 // MB.
 func (s *Store) ReplaceAllocations(allocs []Allocation) error {
+	// In key order: bbolt keeps a leaf's keys sorted in one slice until the
+	// commit splits it, and a key put in the middle moves every key after
+	// it. 180,000 new allocations put in plan order took 20 s of copying.
+	sorted := slices.Clone(allocs)
+	slices.SortFunc(sorted, func(a, b Allocation) int { return strings.Compare(a.ID, b.ID) })
 	return s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketAllocs)
-		keep := make(map[string]struct{}, len(allocs))
-		for _, a := range allocs {
+		keep := make(map[string]struct{}, len(sorted))
+		for _, a := range sorted {
 			keep[a.ID] = struct{}{}
 			raw, err := json.Marshal(a)
 			if err != nil {
