@@ -336,7 +336,8 @@ func (b *Broker) InlineSubscribe(filter string, fn func(topic string, payload []
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			if live != nil {
+			if live != nil && pk.FixedHeader.Retain {
+				// Only a retained publish replaces the retained copy.
 				live[pk.TopicName] = struct{}{}
 			}
 			fn(pk.TopicName, pk.Payload, pk.FixedHeader.Retain)

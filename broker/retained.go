@@ -2,8 +2,10 @@ package broker
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -55,8 +57,18 @@ type retainedHook struct {
 	mu      sync.Mutex
 	pending map[*mqtt.Client]map[uint16][]packets.Subscription // by SUBSCRIBE packet id
 	dirty   map[*mqtt.Client]map[string]struct{}               // topics to repair; an entry: a repair is due
-	watched sync.Map                                           // *mqtt.Client → struct{}: had drops, not yet repaired
+	watched sync.Map                                           // *mqtt.Client → *watch; stored and deleted under mu
 }
+
+// watch follows a client that had messages dropped until everything that
+// was in its queue then has gone out.
+type watch struct {
+	sent atomic.Int64 // live messages written since its last drop
+}
+
+// ownWrite marks the packets this hook writes (Origin is never encoded),
+// so that OnPacketSent tells them from live messages whatever their flags.
+const ownWrite = "\x00tether-retained"
 
 // repairDelay is how long the repair of dropped messages waits for a
 // client's queue to drain before it writes their topics' current state.
@@ -109,11 +121,12 @@ func (h *retainedHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.P
 
 func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte) {
 	if pk.FixedHeader.Type == packets.Publish {
-		// A live message (the ones this hook writes carry the retain flag)
-		// to a client that has had drops: older than its topic's retained
-		// message, it needs a repair after it.
-		if !pk.FixedHeader.Retain {
-			if _, ok := h.watched.Load(cl); ok {
+		// A live message to a client that has had drops: older than its
+		// topic's retained message, it needs a repair after it. (A message
+		// sent under a topic alias has no name here and is not checked.)
+		if pk.Origin != ownWrite && pk.TopicName != "" {
+			if w, ok := h.watched.Load(cl); ok {
+				w.(*watch).sent.Add(1)
 				if cur, ok := h.srv.Topics.Retained.Get(pk.TopicName); ok && !bytes.Equal(cur.Payload, pk.Payload) {
 					h.markDirty(cl, pk.TopicName)
 				}
@@ -140,7 +153,7 @@ func (h *retainedHook) OnPacketSent(cl *mqtt.Client, pk packets.Packet, _ []byte
 				continue // [MQTT-3.8.3-3]
 			}
 			if err := h.writeLatest(cl, m, sub.Identifier); err != nil {
-				return // the connection is gone; its reader ends it
+				return // the connection is closed
 			}
 		}
 	}
@@ -152,7 +165,14 @@ func (h *retainedHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
 	if cl.Net.Inline || !pk.FixedHeader.Retain {
 		return // only retained state has a current value to send instead
 	}
-	h.watched.Store(cl, struct{}{})
+	h.mu.Lock()
+	w, ok := h.watched.Load(cl)
+	if !ok {
+		w = new(watch)
+		h.watched.Store(cl, w)
+	}
+	w.(*watch).sent.Store(0)
+	h.mu.Unlock()
 	h.markDirty(cl, pk.TopicName)
 }
 
@@ -182,15 +202,29 @@ func (h *retainedHook) repair(cl *mqtt.Client) {
 	h.mu.Lock()
 	topics := h.dirty[cl]
 	delete(h.dirty, cl)
-	h.mu.Unlock()
-	if len(topics) == 0 || cl.Closed() {
+	if cl.Closed() {
 		h.watched.Delete(cl)
+		h.mu.Unlock()
 		return
 	}
+	if len(topics) == 0 {
+		// Done once as many live messages went out since the last drop as
+		// the queue holds: whatever was queued then is out.
+		w, ok := h.watched.Load(cl)
+		if !ok || w.(*watch).sent.Load() >= int64(h.srv.Options.Capabilities.MaximumClientWritesPending) {
+			h.watched.Delete(cl)
+			h.mu.Unlock()
+			return
+		}
+		h.dirty[cl] = map[string]struct{}{} // look again
+		h.mu.Unlock()
+		time.AfterFunc(repairDelay, func() { h.repair(cl) })
+		return
+	}
+	h.mu.Unlock()
 	for topic := range topics {
 		if cl.Closed() {
-			h.watched.Delete(cl)
-			return
+			return // OnDisconnect forgets it
 		}
 		if !h.stillSubscribed(cl, topic) {
 			continue
@@ -200,8 +234,7 @@ func (h *retainedHook) repair(cl *mqtt.Client) {
 			m = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic}
 		}
 		if err := h.writeLatest(cl, m, 0); err != nil {
-			h.watched.Delete(cl)
-			return
+			return // the connection is closed
 		}
 	}
 	h.mu.Lock()
@@ -263,12 +296,21 @@ func (h *retainedHook) writeLatest(cl *mqtt.Client, m packets.Packet, subID int)
 }
 
 // write sends retained message m to cl, as QoS 0 with the retain flag,
-// unless the ACL keeps cl from reading its topic.
+// unless the ACL keeps cl from reading its topic. A message larger than
+// the client accepts is left out, as mochi would. Any other error closes
+// the connection: a write cut short by its deadline leaves half a packet
+// on it. The deadline is moved on before each write, as mochi's reader
+// moves it before each read, so a long snapshot to a client that reads is
+// not cut off by the deadline of the read before it.
 func (h *retainedHook) write(cl *mqtt.Client, m packets.Packet, subID int) error {
 	if !h.allowed(cl, m.TopicName) {
 		return nil
 	}
+	if ka := cl.State.Keepalive; ka > 0 && cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Duration(ka) * 3 * time.Second / 2))
+	}
 	out := m.Copy(false)
+	out.Origin = ownWrite
 	out.FixedHeader.Type = packets.Publish
 	out.FixedHeader.Qos = 0
 	out.FixedHeader.Retain = true // [MQTT-3.3.1-8]
@@ -279,7 +321,14 @@ func (h *retainedHook) write(cl *mqtt.Client, m packets.Packet, subID int) error
 	if subID > 0 {
 		out.Properties.SubscriptionIdentifier = []int{subID} // [MQTT-3.3.4-3]
 	}
-	return cl.WritePacket(out)
+	err := cl.WritePacket(out)
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		return nil
+	}
+	if err != nil {
+		cl.Stop(err)
+	}
+	return err
 }
 
 // OnDisconnect forgets what was pending for cl.

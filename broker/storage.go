@@ -169,15 +169,17 @@ func (s *boltStore) putClient(cl *mqtt.Client) {
 		Clean:           cl.Properties.Clean,
 		ProtocolVersion: cl.Properties.ProtocolVersion,
 		Properties: storage.ClientProperties{
-			SessionExpiryInterval: props.SessionExpiryInterval,
-			AuthenticationMethod:  props.AuthenticationMethod,
-			AuthenticationData:    props.AuthenticationData,
-			RequestProblemInfo:    props.RequestProblemInfo,
-			RequestResponseInfo:   props.RequestResponseInfo,
-			ReceiveMaximum:        props.ReceiveMaximum,
-			TopicAliasMaximum:     props.TopicAliasMaximum,
-			User:                  props.User,
-			MaximumPacketSize:     props.MaximumPacketSize,
+			SessionExpiryInterval:     props.SessionExpiryInterval,
+			SessionExpiryIntervalFlag: props.SessionExpiryIntervalFlag,
+			RequestProblemInfoFlag:    props.RequestProblemInfoFlag,
+			AuthenticationMethod:      props.AuthenticationMethod,
+			AuthenticationData:        props.AuthenticationData,
+			RequestProblemInfo:        props.RequestProblemInfo,
+			RequestResponseInfo:       props.RequestResponseInfo,
+			ReceiveMaximum:            props.ReceiveMaximum,
+			TopicAliasMaximum:         props.TopicAliasMaximum,
+			User:                      props.User,
+			MaximumPacketSize:         props.MaximumPacketSize,
 		},
 		Will: storage.ClientWill(cl.Properties.Will),
 	})
@@ -197,6 +199,9 @@ func (s *boltStore) OnClientExpired(cl *mqtt.Client) { s.del(clientKey(cl.ID)) }
 func (s *boltStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	rs := make([]record, 0, len(pk.Filters))
 	for i, f := range pk.Filters {
+		if reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
+			continue // refused: restored, it would be live
+		}
 		sub := storage.Subscription{
 			ID:                subscriptionKey(cl.ID, f.Filter),
 			T:                 storage.SubscriptionKey,
