@@ -451,6 +451,19 @@ func publishPacket(topic string, body []byte, qos byte, retain bool, id uint16) 
 
 func (c *rawClient) write(pk packets.Packet) error {
 	pk.ProtocolVersion = 4
+	raw, err := encodePacket(pk)
+	if err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err = c.conn.Write(raw)
+	return err
+}
+
+// encodePacket encodes what the raw test clients send, in pk's
+// ProtocolVersion.
+func encodePacket(pk packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
 	var err error
 	switch pk.FixedHeader.Type {
@@ -469,13 +482,44 @@ func (c *rawClient) write(pk packets.Packet) error {
 	default:
 		err = fmt.Errorf("cannot send packet type %d", pk.FixedHeader.Type)
 	}
+	return buf.Bytes(), err
+}
+
+// readPacket reads and decodes the next packet the raw test clients get,
+// in protocol version ver. A packet cut short says how much of it came.
+func readPacket(r *bufio.Reader, ver byte) (packets.Packet, error) {
+	var pk packets.Packet
+	pk.ProtocolVersion = ver
+	hb, err := r.ReadByte()
 	if err != nil {
-		return err
+		return pk, err
 	}
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err = c.conn.Write(buf.Bytes())
-	return err
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		return pk, err
+	}
+	pk.FixedHeader.Remaining, _, err = packets.DecodeLength(r)
+	if err != nil {
+		return pk, err
+	}
+	body := make([]byte, pk.FixedHeader.Remaining)
+	if n, err := io.ReadFull(r, body); err != nil {
+		return pk, fmt.Errorf("mid-packet (type %d, %d of %d bytes): %w", pk.FixedHeader.Type, n, len(body), err)
+	}
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		err = pk.PublishDecode(body)
+	case packets.Connack:
+		err = pk.ConnackDecode(body)
+	case packets.Suback:
+		err = pk.SubackDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
+	case packets.Pingresp:
+		// a keepalive answer
+	default:
+		err = fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
+	}
+	return pk, err
 }
 
 func (c *rawClient) send(b *testing.B, pk packets.Packet) {
@@ -488,42 +532,21 @@ func (c *rawClient) readLoop() {
 	defer close(c.done)
 	r := bufio.NewReader(c.conn)
 	for {
-		var pk packets.Packet
-		pk.ProtocolVersion = 4
-		hb, err := r.ReadByte()
-		if err == nil {
-			err = pk.FixedHeader.Decode(hb)
-		}
-		if err == nil {
-			pk.FixedHeader.Remaining, _, err = packets.DecodeLength(r)
-		}
-		body := make([]byte, pk.FixedHeader.Remaining)
-		if err == nil {
-			_, err = io.ReadFull(r, body)
-		}
+		pk, err := readPacket(r, 4)
 		if err == nil {
 			switch pk.FixedHeader.Type {
 			case packets.Publish:
-				err = pk.PublishDecode(body)
-				if err == nil && pk.FixedHeader.Qos == 1 {
+				if pk.FixedHeader.Qos == 1 {
 					err = c.write(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
 				}
 			case packets.Connack:
-				err = pk.ConnackDecode(body)
-				if err == nil && pk.ReasonCode != 0 {
+				if pk.ReasonCode != 0 {
 					err = fmt.Errorf("connack code %#x", pk.ReasonCode)
 				}
 			case packets.Suback:
-				err = pk.SubackDecode(body)
-				if err == nil && len(pk.ReasonCodes) > 0 && pk.ReasonCodes[0] >= 0x80 {
+				if len(pk.ReasonCodes) > 0 && pk.ReasonCodes[0] >= 0x80 {
 					err = fmt.Errorf("suback code %#x", pk.ReasonCodes[0])
 				}
-			case packets.Puback:
-				err = pk.PubackDecode(body)
-			case packets.Pingresp:
-				// a keepalive answer
-			default:
-				err = fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
 			}
 		}
 		if err != nil {

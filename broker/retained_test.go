@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -44,57 +43,16 @@ func dialSlow(t *testing.T, addr, id string, ver byte, keepalive uint16, props p
 
 func (c *slowConn) write(t *testing.T, pk packets.Packet) {
 	pk.ProtocolVersion = c.ver
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	}
+	raw, err := encodePacket(pk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.conn.Write(buf.Bytes()); err != nil {
+	if _, err := c.conn.Write(raw); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func (c *slowConn) read() (packets.Packet, error) {
-	var pk packets.Packet
-	pk.ProtocolVersion = c.ver
-	hb, err := c.r.ReadByte()
-	if err != nil {
-		return pk, err
-	}
-	if err := pk.FixedHeader.Decode(hb); err != nil {
-		return pk, err
-	}
-	pk.FixedHeader.Remaining, _, err = packets.DecodeLength(c.r)
-	if err != nil {
-		return pk, err
-	}
-	body := make([]byte, pk.FixedHeader.Remaining)
-	if n, err := io.ReadFull(c.r, body); err != nil {
-		return pk, fmt.Errorf("mid-packet (type %d, %d of %d bytes): %w", pk.FixedHeader.Type, n, len(body), err)
-	}
-	switch pk.FixedHeader.Type {
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Pingresp:
-	default:
-		err = fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
-	}
-	return pk, err
-}
+func (c *slowConn) read() (packets.Packet, error) { return readPacket(c.r, c.ver) }
 
 // A wildcard snapshot that takes the subscriber longer than 1.5 x keepalive
 // to read arrives whole: the deadline mochi set before reading the

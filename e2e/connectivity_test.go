@@ -326,6 +326,16 @@ func (f *cfleet) checkEvents(device string) int {
 	return n
 }
 
+// onlyVersionRuns waits until exactly one workload process of the device
+// runs, one that the given version started.
+func (d *cdevice) onlyVersionRuns(version string) {
+	d.f.t.Helper()
+	eventually(d.f.t, 30*time.Second, d.id+" to run only version "+version, func() bool {
+		r := d.runningPids()
+		return len(r) == 1 && strings.HasPrefix(r[0], version+":")
+	})
+}
+
 // oneAlive asserts that exactly one workload process of the device runs.
 func (d *cdevice) oneAlive() {
 	d.f.t.Helper()
@@ -399,10 +409,7 @@ func TestConnectivity(t *testing.T) {
 		took := f.freshReport("d3", mark, 2)
 		f.converged("j3", 2, "d3")
 		t.Logf("device reported version 2 running %s after heal", took.Round(time.Millisecond))
-		eventually(t, 30*time.Second, "the version 2 workload to be the only one", func() bool {
-			r := d.runningPids()
-			return len(r) == 1 && strings.HasPrefix(r[0], "2:")
-		})
+		d.onlyVersionRuns("2")
 		// started v1; stopped v1 (spec changed); started v2.
 		eventually(t, 30*time.Second, "every event of the update to arrive", func() bool { return f.checkEvents("d3") >= 2 })
 	})

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -311,10 +310,7 @@ func TestMosquittoExternalBroker(t *testing.T) {
 		took := f.freshReport("mb1", mark, 2)
 		f.converged("jb", 2, "mb1")
 		t.Logf("the device that was away runs version 2 %s after it came back", took.Round(time.Millisecond))
-		eventually(t, 30*time.Second, "the version 2 workload to be the only one", func() bool {
-			r := d.runningPids()
-			return len(r) == 1 && strings.HasPrefix(r[0], "2:")
-		})
+		d.onlyVersionRuns("2")
 		if n := len(d.pids()); n != 2 {
 			t.Errorf("%d starts (%v), want 2: v1 and v2", n, d.pids())
 		}
@@ -340,10 +336,7 @@ func TestMosquittoExternalBroker(t *testing.T) {
 		f.freshReport("mc1", mark, 2)
 		f.converged("jc", 2, "mc1")
 		t.Logf("converged on version 2 %s after the server came back", time.Since(begin).Round(time.Millisecond))
-		eventually(t, 30*time.Second, "the version 2 workload to be the only one", func() bool {
-			r := d.runningPids()
-			return len(r) == 1 && strings.HasPrefix(r[0], "2:")
-		})
+		d.onlyVersionRuns("2")
 		if n := len(d.pids()); n != 2 {
 			t.Errorf("%d starts (%v), want 2: v1 and v2", n, d.pids())
 		}
@@ -391,10 +384,7 @@ func TestMosquittoExternalBroker(t *testing.T) {
 		f.job("jd1", "md1", "2")
 		f.converged("jd1", 2, "md1")
 		f.converged("jd2", 1, "md2")
-		eventually(t, 30*time.Second, "md1 to run only version 2", func() bool {
-			r := devs[0].runningPids()
-			return len(r) == 1 && strings.HasPrefix(r[0], "2:")
-		})
+		devs[0].onlyVersionRuns("2")
 		if n := len(devs[1].pids()); n != 1 {
 			t.Errorf("md2: %d starts (%v), want 1", n, devs[1].pids())
 		}
