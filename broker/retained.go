@@ -245,30 +245,11 @@ func (h *retainedHook) repair(cl *mqtt.Client) {
 	h.mu.Unlock()
 }
 
-// stillSubscribed reports whether one of cl's subscriptions matches topic.
+// stillSubscribed reports whether one of cl's subscriptions matches topic,
+// by mochi's own topic index.
 func (h *retainedHook) stillSubscribed(cl *mqtt.Client, topic string) bool {
-	for filter := range cl.State.Subscriptions.GetAll() {
-		if matches(filter, topic) {
-			return true
-		}
-	}
-	return false
-}
-
-// matches reports whether MQTT filter matches topic.
-func matches(filter, topic string) bool {
-	fs, ts := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, f := range fs {
-		switch {
-		case f == "#":
-			return true
-		case i >= len(ts):
-			return false
-		case f != "+" && f != ts[i]:
-			return false
-		}
-	}
-	return len(fs) == len(ts)
+	_, ok := h.srv.Topics.Subscribers(topic).Subscriptions[cl.ID]
+	return ok
 }
 
 // writeLatest writes retained message m to cl, then writes the topic's
