@@ -285,13 +285,14 @@ func TestStoredInflightPacketIDs(t *testing.T) {
 			t.Fatalf("round %d: packet ids %v, want [5 65535]", round, ids)
 		}
 	}
+	stored, err := loadAll[storage.Message](s, "IFM_")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var left []string
-	_ = s.each("IFM_", func(data []byte) error {
-		var m storage.Message
-		_ = m.UnmarshalBinary(data)
+	for _, m := range stored {
 		left = append(left, m.ID)
-		return nil
-	})
+	}
 	if !slices.Equal(left, []string{"IFM_device-1:5", "IFM_device-1:65535"}) {
 		t.Errorf("records left %v, want the id-0 record deleted", left)
 	}
@@ -346,11 +347,7 @@ func TestStoreRoundTrip(t *testing.T) {
 func TestStoreGroupCommit(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), DBFile)
-	s := newBoltStore(path, testLog(t))
-	s.SetOpts(newMochiLogger(testLog(t), new(gate)), nil)
-	if err := s.Init(nil); err != nil {
-		t.Fatal(err)
-	}
+	s := openStore(t, path)
 	const writers, each = 50, 20
 	var wg sync.WaitGroup
 	for w := range writers {
@@ -395,15 +392,14 @@ func TestStoreRefusedRecord(t *testing.T) {
 	if !errors.Is(err, bbolt.ErrKeyTooLarge) {
 		t.Errorf("write error = %v, want ErrKeyTooLarge", err)
 	}
+	stored, err := s.StoredRetainedMessages()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var keys []string
-	_ = s.each("RET_", func(data []byte) error {
-		var m storage.Message
-		if err := m.UnmarshalBinary(data); err != nil {
-			return err
-		}
+	for _, m := range stored {
 		keys = append(keys, m.TopicName)
-		return nil
-	})
+	}
 	if !slices.Equal(keys, []string{"ok/1", "ok/2"}) {
 		t.Errorf("stored %v, want [ok/1 ok/2]", keys)
 	}
