@@ -229,11 +229,7 @@ func (h *retainedHook) repair(cl *mqtt.Client) {
 		if !h.stillSubscribed(cl, topic) {
 			continue
 		}
-		m, ok := h.srv.Topics.Retained.Get(topic)
-		if !ok {
-			m = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic}
-		}
-		if err := h.writeLatest(cl, m, 0); err != nil {
+		if err := h.writeLatest(cl, h.retainedOrDeleted(topic), 0); err != nil {
 			return // the connection is closed
 		}
 	}
@@ -262,18 +258,22 @@ func (h *retainedHook) writeLatest(cl *mqtt.Client, m packets.Packet, subID int)
 		if err := h.write(cl, m, subID); err != nil {
 			return err
 		}
-		cur, ok := h.srv.Topics.Retained.Get(m.TopicName)
-		if !ok {
-			if len(m.Payload) == 0 {
-				return nil // deleted, and said so
-			}
-			cur = packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: m.TopicName}
-		} else if bytes.Equal(cur.Payload, m.Payload) {
+		cur := h.retainedOrDeleted(m.TopicName)
+		if bytes.Equal(cur.Payload, m.Payload) {
 			return nil
 		}
 		m = cur
 	}
 	return nil
+}
+
+// retainedOrDeleted is topic's retained message, or an empty one, which
+// tells a subscriber that there is none, when it has none.
+func (h *retainedHook) retainedOrDeleted(topic string) packets.Packet {
+	if m, ok := h.srv.Topics.Retained.Get(topic); ok {
+		return m
+	}
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: topic}
 }
 
 // write sends retained message m to cl, as QoS 0 with the retain flag,
